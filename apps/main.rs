@@ -1,0 +1,168 @@
+//! `longhaul`: one binary, one subcommand per app. Common flags come first:
+//! `longhaul <app> --port tap:IFACE --ip CIDR [--gateway IP] [--cores N] [--budget N] [app flags]`.
+
+mod echo;
+
+use clap::{Args, Parser, Subcommand};
+use longhaul::stack::parse_size;
+use longhaul::{Config, Stack};
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "longhaul", version, about = "Kernel-bypass userspace TCP/IP stack for long fat networks")]
+struct Cli {
+    #[command(subcommand)]
+    app: AppCmd,
+}
+
+#[derive(Subcommand)]
+enum AppCmd {
+    /// Echo TCP and UDP on one port; answers ARP and ping.
+    Echo(echo::EchoArgs),
+}
+
+/// Flags every app takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Port to use: tap:IFACE (created if missing).
+    #[arg(long)]
+    pub port: String,
+    /// The stack's address and prefix, e.g. 198.18.0.2/24.
+    #[arg(long)]
+    pub ip: String,
+    /// Default gateway.
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Ethernet address, e.g. 02:00:00:00:00:01 (default: random, locally administered).
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Cores (queues and pinned threads).
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+    /// Frames received per loop iteration.
+    #[arg(long, default_value_t = 64)]
+    pub budget: usize,
+    /// Receive buffer per connection (4K..64M).
+    #[arg(long, default_value = "1M")]
+    pub rmem: String,
+    /// Send buffer per connection (4K..64M).
+    #[arg(long, default_value = "1M")]
+    pub wmem: String,
+    /// Half-open connections allowed per listening port and core.
+    #[arg(long, default_value_t = 128)]
+    pub backlog: usize,
+    /// Turn Nagle's algorithm off on every connection.
+    #[arg(long)]
+    pub nodelay: bool,
+    /// Do not pin core threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// No periodic counter lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Seconds between counter lines.
+    #[arg(long, default_value_t = 5)]
+    pub stats_interval: u64,
+}
+
+impl Common {
+    /// The stack configuration these flags describe, or one line saying what is wrong.
+    pub fn config(&self) -> Result<Config, String> {
+        let mut c = Config::new();
+        c.port(&self.port)
+            .and_then(|c| c.ip(&self.ip))
+            .and_then(|c| c.cores(self.cores))
+            .and_then(|c| c.budget(self.budget))
+            .and_then(|c| c.backlog(self.backlog))
+            .map_err(|e| e.to_string())?;
+        let rmem = parse_size(&self.rmem).map_err(|e| format!("--rmem: {e}"))?;
+        let wmem = parse_size(&self.wmem).map_err(|e| format!("--wmem: {e}"))?;
+        c.rmem(rmem).and_then(|c| c.wmem(wmem)).map_err(|e| e.to_string())?;
+        if let Some(gw) = self.gateway {
+            c.gateway(gw);
+        }
+        if let Some(m) = &self.mac {
+            c.mac(parse_mac(m)?).map_err(|e| e.to_string())?;
+        }
+        c.nodelay(self.nodelay).pin_threads(!self.no_pin);
+        Ok(c)
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("bad --mac '{s}': expected six hex bytes like 02:00:00:00:00:01");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}
+
+/// Runs a started stack until SIGINT/SIGTERM, printing a counter line every `interval` unless quiet.
+pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> String) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("longhaul: cannot install a signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let interval = Duration::from_secs(common.stats_interval.max(1));
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if !stack.is_running() {
+            eprintln!("longhaul: a core stopped unexpectedly");
+            return ExitCode::FAILURE;
+        }
+        if !common.quiet && last.elapsed() >= interval {
+            last = Instant::now();
+            println!("{}", stats_line(&stack, extra));
+        }
+    }
+    let final_line = stats_line(&stack, extra);
+    let ok = stack.stop();
+    if !common.quiet {
+        println!("stopped: {final_line}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn stats_line(stack: &Stack, extra: &dyn Fn() -> String) -> String {
+    let t = stack.total();
+    format!(
+        "conns {} open {} total {} failed | frames in {} out {} | bytes in {} out {} | drops malformed {} checksum {} no-socket {} ring-full {} syn-backlog {}{}",
+        t.conns_current,
+        t.conns_opened,
+        t.conns_failed,
+        t.frames_in,
+        t.frames_out,
+        t.bytes_in,
+        t.bytes_out,
+        t.drop_malformed,
+        t.drop_bad_checksum,
+        t.no_socket,
+        t.drop_ring_full,
+        t.drop_syn_backlog,
+        extra()
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.app {
+        AppCmd::Echo(args) => echo::main(args),
+    }
+}

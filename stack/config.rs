@@ -1,0 +1,235 @@
+//! Stack configuration: a builder with `&mut Self` setters, validated as it is set.
+
+use crate::pmd::PortSpec;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// Smallest and largest socket buffer accepted for `rmem`/`wmem`.
+pub const MIN_BUFFER: usize = 4 * 1024;
+/// Largest socket buffer accepted for `rmem`/`wmem` (64 MiB).
+pub const MAX_BUFFER: usize = 64 * 1024 * 1024;
+
+/// A configuration value that is out of range or malformed. The message says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An IPv4 address with its prefix length, e.g. `198.18.0.2/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Prefix length, 1 to 32.
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError(format!("bad address '{s}': expected IPv4/prefix, e.g. 198.18.0.2/24"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if prefix == 0 || prefix > 32 || addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return Err(bad());
+        }
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+/// How a stack is built: the port, addresses, cores and per-connection defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) port: Option<PortSpec>,
+    pub(crate) ip: Option<Ipv4Cidr>,
+    pub(crate) gateway: Option<Ipv4Addr>,
+    pub(crate) mac: Option<[u8; 6]>,
+    pub(crate) cores: usize,
+    pub(crate) budget: usize,
+    pub(crate) rmem: usize,
+    pub(crate) wmem: usize,
+    pub(crate) backlog: usize,
+    pub(crate) nodelay: bool,
+    pub(crate) pin_threads: bool,
+    pub(crate) user_timeout: Duration,
+    pub(crate) idle_spin: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: None,
+            ip: None,
+            gateway: None,
+            mac: None,
+            cores: 1,
+            budget: 64,
+            rmem: 1 << 20,
+            wmem: 1 << 20,
+            backlog: 128,
+            nodelay: false,
+            pin_threads: true,
+            user_timeout: Duration::from_secs(120),
+            idle_spin: Duration::from_micros(200),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration with the defaults: 1 core, budget 64, 1 MiB buffers, backlog 128, Nagle on.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The port to open, e.g. `tap:lh0` (not needed with [`crate::Stack::start_on`]).
+    pub fn port(&mut self, spec: &str) -> Result<&mut Self, ConfigError> {
+        self.port = Some(spec.parse().map_err(|e: crate::pmd::PortSpecError| ConfigError(e.0))?);
+        Ok(self)
+    }
+
+    /// The stack's address and prefix, e.g. `198.18.0.2/24`.
+    pub fn ip(&mut self, cidr: &str) -> Result<&mut Self, ConfigError> {
+        self.ip = Some(cidr.parse()?);
+        Ok(self)
+    }
+
+    /// The default gateway for destinations outside the prefix.
+    pub fn gateway(&mut self, gw: Ipv4Addr) -> &mut Self {
+        self.gateway = Some(gw);
+        self
+    }
+
+    /// The Ethernet address (default: a random locally administered one).
+    pub fn mac(&mut self, mac: [u8; 6]) -> Result<&mut Self, ConfigError> {
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(ConfigError("bad MAC: it must be a unicast address (low bit of the first byte clear)".into()));
+        }
+        self.mac = Some(mac);
+        Ok(self)
+    }
+
+    /// Number of cores (one queue and one thread each), 1 to 64.
+    pub fn cores(&mut self, n: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=64).contains(&n) {
+            return Err(ConfigError(format!("bad --cores {n}: use 1 to 64")));
+        }
+        self.cores = n;
+        Ok(self)
+    }
+
+    /// Frames received per loop iteration before timers and transmit run, 1 to 4096.
+    pub fn budget(&mut self, n: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=4096).contains(&n) {
+            return Err(ConfigError(format!("bad --budget {n}: use 1 to 4096")));
+        }
+        self.budget = n;
+        Ok(self)
+    }
+
+    /// Receive buffer per TCP connection in bytes (4 KiB to 64 MiB; sets the advertised window).
+    pub fn rmem(&mut self, bytes: usize) -> Result<&mut Self, ConfigError> {
+        self.rmem = check_buffer("--rmem", bytes)?;
+        Ok(self)
+    }
+
+    /// Send buffer per TCP connection in bytes (4 KiB to 64 MiB).
+    pub fn wmem(&mut self, bytes: usize) -> Result<&mut Self, ConfigError> {
+        self.wmem = check_buffer("--wmem", bytes)?;
+        Ok(self)
+    }
+
+    /// Half-open connections allowed per listening port and core (1 to 65535); SYNs above it are dropped.
+    pub fn backlog(&mut self, n: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=65535).contains(&n) {
+            return Err(ConfigError(format!("bad --backlog {n}: use 1 to 65535")));
+        }
+        self.backlog = n;
+        Ok(self)
+    }
+
+    /// Default for new connections: `true` turns Nagle's algorithm off (like TCP_NODELAY).
+    pub fn nodelay(&mut self, on: bool) -> &mut Self {
+        self.nodelay = on;
+        self
+    }
+
+    /// Pin each core's thread to a CPU (default on).
+    pub fn pin_threads(&mut self, on: bool) -> &mut Self {
+        self.pin_threads = on;
+        self
+    }
+
+    /// How long unacknowledged data may go without an answer before the connection is dropped.
+    pub fn user_timeout(&mut self, t: Duration) -> &mut Self {
+        self.user_timeout = t;
+        self
+    }
+
+    /// How long an idle core busy-polls before it sleeps on its queue.
+    pub fn idle_spin(&mut self, t: Duration) -> &mut Self {
+        self.idle_spin = t;
+        self
+    }
+}
+
+/// Parses a byte size with an optional K/M/G suffix (powers of 1024), e.g. `4M`.
+pub fn parse_size(s: &str) -> Result<usize, ConfigError> {
+    let bad = || ConfigError(format!("bad size '{s}': expected bytes with an optional K, M or G suffix, e.g. 4M"));
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1usize << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: usize = num.parse().map_err(|_| bad())?;
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+fn check_buffer(name: &str, bytes: usize) -> Result<usize, ConfigError> {
+    if !(MIN_BUFFER..=MAX_BUFFER).contains(&bytes) {
+        return Err(ConfigError(format!(
+            "bad {name} {bytes}: use 4K to 64M (e.g. {name} 4M)"
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cidr() {
+        let c: Ipv4Cidr = "198.18.0.2/24".parse().unwrap();
+        assert_eq!(c.addr, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(c.prefix, 24);
+        for bad in ["198.18.0.2", "198.18.0.2/33", "198.18.0.2/0", "x/24", "0.0.0.0/8", "224.0.0.1/4"] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_limits() {
+        assert_eq!(parse_size("4M").unwrap(), 4 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1500").unwrap(), 1500);
+        assert!(parse_size("lots").is_err());
+        let mut c = Config::new();
+        assert!(c.rmem(64 << 20).is_ok());
+        assert!(c.rmem((64 << 20) + 1).is_err());
+        assert!(c.wmem(100).is_err());
+        assert!(c.cores(0).is_err());
+        assert!(c.budget(0).is_err());
+        assert!(c.mac([1, 2, 3, 4, 5, 6]).is_err());
+    }
+}

@@ -1,0 +1,377 @@
+//! The per-core loop and the [`Stack`] handle that starts and stops cores.
+//!
+//! Each core is one pinned thread owning one queue, one [`Io`] and one app instance. An iteration:
+//! control messages → receive up to `budget` frames → protocol processing → due timers → transmit
+//! and app events (until quiet, bounded) → flush. With nothing to do it spins for `idle_spin`, then
+//! sleeps on the queue's descriptor and its control eventfd until the next timer.
+
+use super::api::App;
+use super::config::{Config, ConfigError};
+use super::device::TxSide;
+use super::io::Io;
+use super::stats::{CoreStats, SharedStats};
+use crate::pmd::sys::{allowed_cpus, pin_to_cpu, random_u64, sleep_on, Wake};
+use crate::pmd::{tap, Frame, PortSpec, Queue};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use smoltcp::time::Instant;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a stopping core waits for its connections to close before resetting them.
+const STOP_DRAIN: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(100);
+const PUBLISH_EVERY: Duration = Duration::from_millis(10);
+
+/// Why a stack could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is incomplete or inconsistent.
+    Config(ConfigError),
+    /// The port could not be opened.
+    Port(String),
+    /// A core thread could not be started.
+    Thread(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Port(e) => write!(f, "{e}"),
+            StartError::Thread(e) => write!(f, "cannot start a core thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        StartError::Config(e)
+    }
+}
+
+pub(crate) enum Ctl {
+    Stop,
+    Stats(Sender<CoreStats>),
+    /// An ARP frame another core received: every core keeps its own neighbour cache.
+    Arp(Vec<u8>),
+}
+
+struct CoreHandle {
+    ctl: Sender<Ctl>,
+    wake: Arc<Wake>,
+    stats: Arc<SharedStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A running stack: one thread per core. Dropping it stops the cores.
+pub struct Stack {
+    cores: Vec<CoreHandle>,
+    mac: [u8; 6],
+}
+
+impl Stack {
+    /// Opens the port named in `cfg` and starts one core per queue, each with an app from `factory`
+    /// (called on the core's own thread with the core index).
+    pub fn start<A, F>(cfg: Config, factory: F) -> Result<Stack, StartError>
+    where
+        A: App,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
+        let port = cfg.port.clone().ok_or_else(|| {
+            ConfigError("no port given: add --port tap:IFACE".to_string())
+        })?;
+        match port {
+            PortSpec::Tap { iface } => {
+                let queues = tap::open(&iface, cfg.cores).map_err(|e| StartError::Port(e.to_string()))?;
+                Self::start_on(cfg, queues, factory)
+            }
+        }
+    }
+
+    /// Starts one core per queue on queues the caller opened (any backend, e.g. [`crate::pmd::mem`]).
+    pub fn start_on<Q, A, F>(cfg: Config, queues: Vec<Q>, factory: F) -> Result<Stack, StartError>
+    where
+        Q: Queue,
+        A: App,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
+        if cfg.ip.is_none() {
+            return Err(ConfigError("no address given: add --ip ADDR/PREFIX, e.g. --ip 198.18.0.2/24".into()).into());
+        }
+        if queues.is_empty() {
+            return Err(StartError::Port("the port has no queues".into()));
+        }
+        let mac = cfg.mac.unwrap_or_else(|| {
+            let r = random_u64().to_le_bytes();
+            [0x02, r[0], r[1], r[2], r[3], r[4]]
+        });
+        let factory = Arc::new(factory);
+        let n = queues.len();
+        let mut wakes = Vec::with_capacity(n);
+        let mut chans = Vec::with_capacity(n);
+        for _ in 0..n {
+            wakes.push(Arc::new(Wake::new().map_err(|e| StartError::Thread(format!("eventfd: {e}")))?));
+            chans.push(unbounded::<Ctl>());
+        }
+        let cpus = allowed_cpus();
+        let mut cores = Vec::with_capacity(n);
+        let (ready_tx, ready_rx) = bounded::<()>(n);
+        for (i, queue) in queues.into_iter().enumerate() {
+            let peers: Vec<(Sender<Ctl>, Arc<Wake>)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| (chans[j].0.clone(), wakes[j].clone()))
+                .collect();
+            let stats = Arc::new(SharedStats::default());
+            let ctx = CoreCtx {
+                index: i,
+                cfg: cfg.clone(),
+                mac,
+                seed: random_u64(),
+                ctl: chans[i].1.clone(),
+                wake: wakes[i].clone(),
+                peers,
+                stats: stats.clone(),
+                cpu: if cfg.pin_threads && !cpus.is_empty() {
+                    Some(cpus[i % cpus.len()])
+                } else {
+                    None
+                },
+            };
+            let factory = factory.clone();
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("longhaul-core{i}"))
+                .spawn(move || run_core(ctx, queue, &*factory, ready))
+                .map_err(|e| StartError::Thread(e.to_string()))?;
+            cores.push(CoreHandle {
+                ctl: chans[i].0.clone(),
+                wake: wakes[i].clone(),
+                stats,
+                thread: Some(thread),
+            });
+        }
+        let stack = Stack { cores, mac };
+        for _ in 0..n {
+            if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                return Err(StartError::Thread("a core did not come up within 10 s".into()));
+            }
+        }
+        Ok(stack)
+    }
+
+    /// Number of cores.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// The stack's Ethernet address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Each core's counters as last published (at most ~10 ms old).
+    pub fn stats(&self) -> Vec<CoreStats> {
+        self.cores.iter().map(|c| c.stats.snapshot()).collect()
+    }
+
+    /// Each core's counters asked for through its control channel (exact; waits up to 1 s a core).
+    pub fn stats_now(&self) -> Vec<CoreStats> {
+        self.cores
+            .iter()
+            .map(|c| {
+                let (tx, rx) = bounded(1);
+                if c.ctl.send(Ctl::Stats(tx)).is_ok() {
+                    c.wake.wake();
+                    if let Ok(s) = rx.recv_timeout(Duration::from_secs(1)) {
+                        return s;
+                    }
+                }
+                c.stats.snapshot()
+            })
+            .collect()
+    }
+
+    /// The sum of all cores' counters.
+    pub fn total(&self) -> CoreStats {
+        let mut t = CoreStats::default();
+        for s in self.stats() {
+            t.add(&s);
+        }
+        t
+    }
+
+    /// True while every core thread is running.
+    pub fn is_running(&self) -> bool {
+        self.cores
+            .iter()
+            .all(|c| c.thread.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
+    /// Asks every core to stop (apps get `on_stop` and about a second to close connections) and
+    /// waits for the threads. Returns false if a core's app panicked.
+    pub fn stop(mut self) -> bool {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> bool {
+        for c in &self.cores {
+            let _ = c.ctl.send(Ctl::Stop);
+            c.wake.wake();
+        }
+        let mut ok = true;
+        for c in &mut self.cores {
+            if let Some(t) = c.thread.take() {
+                ok &= t.join().is_ok();
+            }
+        }
+        ok
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct CoreCtx {
+    index: usize,
+    cfg: Config,
+    mac: [u8; 6],
+    seed: u64,
+    ctl: Receiver<Ctl>,
+    wake: Arc<Wake>,
+    peers: Vec<(Sender<Ctl>, Arc<Wake>)>,
+    stats: Arc<SharedStats>,
+    cpu: Option<usize>,
+}
+
+fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(ctx: CoreCtx, mut queue: Q, factory: &F, ready: Sender<()>) {
+    if let Some(cpu) = ctx.cpu {
+        pin_to_cpu(cpu);
+    }
+    let clock = std::time::Instant::now();
+    let smol_now = || Instant::from_micros(clock.elapsed().as_micros() as i64);
+    let budget = ctx.cfg.budget;
+    let mut tx = TxSide::new();
+    let mut io = Io::new(ctx.index, &ctx.cfg, ctx.mac, ctx.seed, &mut queue, &mut tx, smol_now());
+    let mut app = factory(ctx.index);
+    app.on_start(&mut io);
+    let _ = ready.send(());
+
+    let mut rx: Vec<Q::Frame> = Vec::with_capacity(2 * budget);
+    let mut last_work = smol_now();
+    let mut last_tick = last_work;
+    let mut last_publish = last_work;
+    let mut stop_deadline: Option<Instant> = None;
+    let micros = |d: Duration| smoltcp::time::Duration::from_micros(d.as_micros() as u64);
+    loop {
+        let now = smol_now();
+        io.set_now(now);
+
+        while let Ok(msg) = ctx.ctl.try_recv() {
+            match msg {
+                Ctl::Stop => {
+                    if stop_deadline.is_none() {
+                        io.begin_stop();
+                        app.on_stop(&mut io);
+                        stop_deadline = Some(now + micros(STOP_DRAIN));
+                    }
+                }
+                Ctl::Stats(reply) => {
+                    sync_tx_stats(&mut io, &tx);
+                    let _ = reply.send(io.stats);
+                }
+                Ctl::Arp(frame) => {
+                    io.ingress(&frame, &mut queue, &mut tx);
+                    io.stats.frames_in -= 1;
+                    io.stats.bytes_in -= frame.len() as u64;
+                }
+            }
+        }
+
+        let n = queue.rx_burst(&mut rx, budget);
+        let got = rx.len();
+        for frame in rx.drain(..) {
+            let is_arp = io.ingress(frame.data(), &mut queue, &mut tx);
+            if is_arp {
+                for (peer, wake) in &ctx.peers {
+                    let _ = peer.send(Ctl::Arp(frame.data().to_vec()));
+                    wake.wake();
+                }
+            }
+            queue.free(frame);
+        }
+        io.expire_timers();
+        for _ in 0..8 {
+            io.service_dirty(&mut queue, &mut tx);
+            if io.events.is_empty() {
+                break;
+            }
+            while let Some(ev) = io.events.pop_front() {
+                app.on_event(&mut io, ev);
+            }
+        }
+        let flushed = tx.flush(&mut queue);
+
+        if now - last_tick >= micros(TICK) {
+            last_tick = now;
+            app.on_tick(&mut io);
+        }
+        if now - last_publish >= micros(PUBLISH_EVERY) {
+            last_publish = now;
+            sync_tx_stats(&mut io, &tx);
+            ctx.stats.publish(&io.stats);
+        }
+        if let Some(deadline) = stop_deadline {
+            if io.only_listeners_left() || now >= deadline {
+                io.abort_all(&mut queue, &mut tx);
+                tx.flush(&mut queue);
+                sync_tx_stats(&mut io, &tx);
+                ctx.stats.publish(&io.stats);
+                return;
+            }
+        }
+
+        let _ = n;
+        if got > 0 || io.has_work() || !flushed {
+            io.stats.busy_polls += 1;
+            last_work = now;
+            continue;
+        }
+        if now - last_work < micros(ctx.cfg.idle_spin) {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Sleep until a frame, a control message or the next timer.
+        let mut timeout = TICK;
+        if let Some(d) = io.next_deadline() {
+            let left = Duration::from_micros((d - now.min(d)).total_micros());
+            timeout = timeout.min(left);
+        }
+        if stop_deadline.is_some() {
+            timeout = timeout.min(Duration::from_millis(10));
+        }
+        queue.set_sleeping(true);
+        // A frame may have arrived after the last burst; then do not sleep.
+        if queue.rx_burst(&mut rx, budget) == 0 && ctx.ctl.is_empty() {
+            io.stats.sleeps += 1;
+            sleep_on(queue.wait_fd(), ctx.wake.fd(), timeout);
+        }
+        queue.set_sleeping(false);
+        ctx.wake.drain();
+        last_work = smol_now();
+    }
+}
+
+fn sync_tx_stats<F: Frame>(io: &mut Io, tx: &TxSide<F>) {
+    io.stats.frames_out = tx.frames;
+    io.stats.bytes_out = tx.bytes;
+    io.stats.drop_ring_full = tx.ring_full;
+}
+
