@@ -5,9 +5,10 @@
 //! may lose or reorder frames ([`Impairment`], seeded and reproducible). An end that sleeps is woken through
 //! an eventfd, written only when the peer said it was going to sleep.
 
+use super::sys::Wake;
 use super::{Caps, Frame, PoolFrame, Queue};
 use crossbeam_queue::ArrayQueue;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -57,35 +58,24 @@ pub struct MemStats {
     pub reordered: AtomicU64,
 }
 
+/// An eventfd plus the flag that says whether its owner is asleep and needs it written.
 struct Waker {
     sleeping: AtomicBool,
-    fd: OwnedFd,
+    wake: Wake,
 }
 
 impl Waker {
     fn new() -> Arc<Waker> {
-        // SAFETY: eventfd has no memory arguments; a negative return is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        assert!(fd >= 0, "eventfd failed: {}", std::io::Error::last_os_error());
         Arc::new(Waker {
             sleeping: AtomicBool::new(false),
-            // SAFETY: fd is a fresh descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            wake: Wake::new().expect("eventfd (the kernel always offers it)"),
         })
     }
 
     fn wake(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            self.wake.wake();
         }
-    }
-
-    fn drain(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from an eventfd we own (non-blocking).
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 }
 
@@ -207,7 +197,9 @@ impl Queue for MemQueue {
                 let _ = self.pool.push(frame);
                 continue;
             }
-            if self.held.is_none() && self.impair.reorder > 0.0 && self.next_unit() < self.impair.reorder
+            if self.held.is_none()
+                && self.impair.reorder > 0.0
+                && self.next_unit() < self.impair.reorder
             {
                 self.held = Some(frame);
                 continue;
@@ -235,13 +227,13 @@ impl Queue for MemQueue {
     }
 
     fn wait_fd(&self) -> Option<RawFd> {
-        Some(self.own_waker.fd.as_raw_fd())
+        Some(self.own_waker.wake.fd())
     }
 
     fn set_sleeping(&self, sleeping: bool) {
         self.own_waker.sleeping.store(sleeping, Ordering::SeqCst);
         if !sleeping {
-            self.own_waker.drain();
+            self.own_waker.wake.drain();
         }
     }
 }

@@ -91,7 +91,7 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
     }
     let mut fds = Vec::with_capacity(queues);
     for _ in 0..queues.max(1) {
-        let path = CStr::from_bytes_with_nul(b"/dev/net/tun\0").expect("static path");
+        let path: &CStr = c"/dev/net/tun";
         // SAFETY: path is a valid NUL-terminated string; the result is checked.
         let fd = unsafe {
             libc::open(
@@ -102,7 +102,9 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         if fd < 0 {
             let e = io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => TapError::NoTunDevice,
+                Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => {
+                    TapError::NoTunDevice
+                }
                 Some(libc::EPERM) | Some(libc::EACCES) => TapError::NotPermitted,
                 _ => TapError::Io("open /dev/net/tun", e),
             });
@@ -161,12 +163,22 @@ fn set_up_and_read_mtu(name: &str) -> Result<usize, TapError> {
     };
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write a struct ifreq laid out by IfReqFlags.
     unsafe {
-        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut IfReqFlags) < 0 {
+        if libc::ioctl(
+            s.as_raw_fd(),
+            libc::SIOCGIFFLAGS,
+            &mut req as *mut IfReqFlags,
+        ) < 0
+        {
             return Err(TapError::Io("SIOCGIFFLAGS", io::Error::last_os_error()));
         }
         if req.flags & libc::IFF_UP as libc::c_short == 0 {
             req.flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req as *mut IfReqFlags) < 0 {
+            if libc::ioctl(
+                s.as_raw_fd(),
+                libc::SIOCSIFFLAGS,
+                &mut req as *mut IfReqFlags,
+            ) < 0
+            {
                 return Err(TapError::Io("set interface up", io::Error::last_os_error()));
             }
         }

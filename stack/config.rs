@@ -35,11 +35,20 @@ impl std::str::FromStr for Ipv4Cidr {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError(format!("bad address '{s}': expected IPv4/prefix, e.g. 198.18.0.2/24"));
+        let bad = || {
+            ConfigError(format!(
+                "bad address '{s}': expected IPv4/prefix, e.g. 198.18.0.2/24"
+            ))
+        };
         let (a, p) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
         let prefix: u8 = p.parse().map_err(|_| bad())?;
-        if prefix == 0 || prefix > 32 || addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+        if prefix == 0
+            || prefix > 32
+            || addr.is_unspecified()
+            || addr.is_broadcast()
+            || addr.is_multicast()
+        {
             return Err(bad());
         }
         Ok(Ipv4Cidr { addr, prefix })
@@ -92,7 +101,10 @@ impl Config {
 
     /// The port to open, e.g. `tap:lh0` (not needed with [`crate::Stack::start_on`]).
     pub fn port(&mut self, spec: &str) -> Result<&mut Self, ConfigError> {
-        self.port = Some(spec.parse().map_err(|e: crate::pmd::PortSpecError| ConfigError(e.0))?);
+        self.port = Some(
+            spec.parse()
+                .map_err(|e: crate::pmd::PortSpecError| ConfigError(e.0))?,
+        );
         Ok(self)
     }
 
@@ -111,7 +123,9 @@ impl Config {
     /// The Ethernet address (default: a random locally administered one).
     pub fn mac(&mut self, mac: [u8; 6]) -> Result<&mut Self, ConfigError> {
         if mac[0] & 1 != 0 || mac == [0; 6] {
-            return Err(ConfigError("bad MAC: it must be a unicast address (low bit of the first byte clear)".into()));
+            return Err(ConfigError(
+                "bad MAC: it must be a unicast address (low bit of the first byte clear)".into(),
+            ));
         }
         self.mac = Some(mac);
         Ok(self)
@@ -183,7 +197,11 @@ impl Config {
 
 /// Parses a byte size with an optional K/M/G suffix (powers of 1024), e.g. `4M`.
 pub fn parse_size(s: &str) -> Result<usize, ConfigError> {
-    let bad = || ConfigError(format!("bad size '{s}': expected bytes with an optional K, M or G suffix, e.g. 4M"));
+    let bad = || {
+        ConfigError(format!(
+            "bad size '{s}': expected bytes with an optional K, M or G suffix, e.g. 4M"
+        ))
+    };
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (&t[..i], 1usize << 10),
@@ -213,7 +231,14 @@ mod tests {
         let c: Ipv4Cidr = "198.18.0.2/24".parse().unwrap();
         assert_eq!(c.addr, Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(c.prefix, 24);
-        for bad in ["198.18.0.2", "198.18.0.2/33", "198.18.0.2/0", "x/24", "0.0.0.0/8", "224.0.0.1/4"] {
+        for bad in [
+            "198.18.0.2",
+            "198.18.0.2/33",
+            "198.18.0.2/0",
+            "x/24",
+            "0.0.0.0/8",
+            "224.0.0.1/4",
+        ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }
     }

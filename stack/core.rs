@@ -5,7 +5,7 @@
 //! and app events (until quiet, bounded) → flush. With nothing to do it spins for `idle_spin`, then
 //! sleeps on the queue's descriptor and its control eventfd until the next timer.
 
-use super::api::App;
+use super::api::{App, Event};
 use super::config::{Config, ConfigError};
 use super::device::TxSide;
 use super::io::Io;
@@ -82,12 +82,14 @@ impl Stack {
         A: App,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
-        let port = cfg.port.clone().ok_or_else(|| {
-            ConfigError("no port given: add --port tap:IFACE".to_string())
-        })?;
+        let port = cfg
+            .port
+            .clone()
+            .ok_or_else(|| ConfigError("no port given: add --port tap:IFACE".to_string()))?;
         match port {
             PortSpec::Tap { iface } => {
-                let queues = tap::open(&iface, cfg.cores).map_err(|e| StartError::Port(e.to_string()))?;
+                let queues =
+                    tap::open(&iface, cfg.cores).map_err(|e| StartError::Port(e.to_string()))?;
                 Self::start_on(cfg, queues, factory)
             }
         }
@@ -101,7 +103,10 @@ impl Stack {
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
         if cfg.ip.is_none() {
-            return Err(ConfigError("no address given: add --ip ADDR/PREFIX, e.g. --ip 198.18.0.2/24".into()).into());
+            return Err(ConfigError(
+                "no address given: add --ip ADDR/PREFIX, e.g. --ip 198.18.0.2/24".into(),
+            )
+            .into());
         }
         if queues.is_empty() {
             return Err(StartError::Port("the port has no queues".into()));
@@ -115,7 +120,9 @@ impl Stack {
         let mut wakes = Vec::with_capacity(n);
         let mut chans = Vec::with_capacity(n);
         for _ in 0..n {
-            wakes.push(Arc::new(Wake::new().map_err(|e| StartError::Thread(format!("eventfd: {e}")))?));
+            wakes.push(Arc::new(
+                Wake::new().map_err(|e| StartError::Thread(format!("eventfd: {e}")))?,
+            ));
             chans.push(unbounded::<Ctl>());
         }
         let cpus = allowed_cpus();
@@ -158,7 +165,9 @@ impl Stack {
         let stack = Stack { cores, mac };
         for _ in 0..n {
             if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-                return Err(StartError::Thread("a core did not come up within 10 s".into()));
+                return Err(StartError::Thread(
+                    "a core did not come up within 10 s".into(),
+                ));
             }
         }
         Ok(stack)
@@ -251,7 +260,12 @@ struct CoreCtx {
     cpu: Option<usize>,
 }
 
-fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(ctx: CoreCtx, mut queue: Q, factory: &F, ready: Sender<()>) {
+fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(
+    ctx: CoreCtx,
+    mut queue: Q,
+    factory: &F,
+    ready: Sender<()>,
+) {
     if let Some(cpu) = ctx.cpu {
         pin_to_cpu(cpu);
     }
@@ -259,7 +273,15 @@ fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(ctx: CoreCtx, mut queue: Q, fac
     let smol_now = || Instant::from_micros(clock.elapsed().as_micros() as i64);
     let budget = ctx.cfg.budget;
     let mut tx = TxSide::new();
-    let mut io = Io::new(ctx.index, &ctx.cfg, ctx.mac, ctx.seed, &mut queue, &mut tx, smol_now());
+    let mut io = Io::new(
+        ctx.index,
+        &ctx.cfg,
+        ctx.mac,
+        ctx.seed,
+        &mut queue,
+        &mut tx,
+        smol_now(),
+    );
     let mut app = factory(ctx.index);
     app.on_start(&mut io);
     let _ = ready.send(());
@@ -315,6 +337,9 @@ fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(ctx: CoreCtx, mut queue: Q, fac
             }
             while let Some(ev) = io.events.pop_front() {
                 app.on_event(&mut io, ev);
+                if let Event::Closed(c) | Event::Error(c, _) = ev {
+                    io.end_delivered(c);
+                }
             }
         }
         let flushed = tx.flush(&mut queue);
@@ -374,4 +399,3 @@ fn sync_tx_stats<F: Frame>(io: &mut Io, tx: &TxSide<F>) {
     io.stats.bytes_out = tx.bytes;
     io.stats.drop_ring_full = tx.ring_full;
 }
-

@@ -4,8 +4,8 @@
 //! every bad frame is counted here by reason before smoltcp sees anything.
 
 use smoltcp::wire::{
-    ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress, IpProtocol,
-    Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
+    ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress,
+    IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 /// The connection a TCP segment belongs to, seen from this stack (the local address is the stack's).
@@ -33,8 +33,13 @@ pub(crate) enum DropReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Class {
     Arp,
-    Tcp { key: FlowKey, syn_only: bool },
-    Udp { local_port: u16 },
+    Tcp {
+        key: FlowKey,
+        syn_only: bool,
+    },
+    Udp {
+        local_port: u16,
+    },
     /// ICMP and other IP protocols: the interface answers (echo reply, protocol unreachable).
     OtherIp,
     Drop(DropReason),
@@ -157,7 +162,7 @@ fn tcp_options_valid(mut opts: &[u8]) -> bool {
                 if len < 2 || len > opts.len() || expected.is_some_and(|e| e != len) {
                     return false;
                 }
-                if kind == 5 && (len < 10 || (len - 2) % 8 != 0) {
+                if kind == 5 && (len < 10 || !(len - 2).is_multiple_of(8)) {
                     return false;
                 }
                 opts = &opts[len..];
@@ -165,6 +170,24 @@ fn tcp_options_valid(mut opts: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// Runs the classifier on arbitrary bytes (for fuzz/property tests) as a stack at 198.18.0.1 with
+/// MAC 02:00:00:00:00:01 would; returns a short label.
+pub fn fuzz_classify(frame: &[u8]) -> &'static str {
+    let local = Local {
+        mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        ip: Ipv4Address::new(198, 18, 0, 1),
+        broadcast: Ipv4Address::new(198, 18, 0, 255),
+        verify_checksums: true,
+    };
+    match classify(frame, &local) {
+        Class::Arp => "arp",
+        Class::Tcp { .. } => "tcp",
+        Class::Udp { .. } => "udp",
+        Class::OtherIp => "ip",
+        Class::Drop(_) => "drop",
+    }
 }
 
 #[cfg(test)]
@@ -191,27 +214,13 @@ mod tests {
             broadcast: Ipv4Address::new(198, 18, 0, 255),
             verify_checksums: true,
         };
-        assert_eq!(classify(&[0u8; 5], &local), Class::Drop(DropReason::Malformed));
+        assert_eq!(
+            classify(&[0u8; 5], &local),
+            Class::Drop(DropReason::Malformed)
+        );
         let mut f = [0u8; 20];
         f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         f[12] = 0x08; // IPv4 with no room for a header
         assert_eq!(classify(&f, &local), Class::Drop(DropReason::Malformed));
-    }
-}
-
-/// Runs the classifier on arbitrary bytes (for fuzz/property tests); returns a short label.
-pub fn fuzz_classify(frame: &[u8]) -> &'static str {
-    let local = Local {
-        mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        ip: Ipv4Address::new(198, 18, 0, 2),
-        broadcast: Ipv4Address::new(198, 18, 0, 255),
-        verify_checksums: true,
-    };
-    match classify(frame, &local) {
-        Class::Arp => "arp",
-        Class::Tcp { .. } => "tcp",
-        Class::Udp { .. } => "udp",
-        Class::OtherIp => "ip",
-        Class::Drop(_) => "drop",
     }
 }

@@ -94,7 +94,11 @@ impl phy::RxToken for Rx<'_> {
 impl<Q: Queue> phy::TxToken for Tx<'_, '_, Q> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let dev = self.dev;
-        let frame = if dev.room() { dev.queue.alloc_tx() } else { None };
+        let frame = if dev.room() {
+            dev.queue.alloc_tx()
+        } else {
+            None
+        };
         match frame {
             Some(mut frame) if len <= frame.capacity() => {
                 frame.set_len(len);

@@ -60,6 +60,8 @@ struct Conn {
     read_armed: bool,
     write_armed: bool,
     peer_fin_told: bool,
+    /// `Closed`/`Error` was queued for the app.
+    end_told: bool,
     we_shut: bool,
     in_dirty: bool,
     cause: Cause,
@@ -268,7 +270,13 @@ impl Io {
             return Err(Error::AddrInUse);
         }
         let ready = self.new_listening(port)?;
-        self.listeners.insert(port, Listener { ready, half_open: 0 });
+        self.listeners.insert(
+            port,
+            Listener {
+                ready,
+                half_open: 0,
+            },
+        );
         Ok(ListenerId(port))
     }
 
@@ -336,7 +344,9 @@ impl Io {
             }
             Err(tcp::RecvError::Finished) => Ok(0),
             Err(tcp::RecvError::InvalidState) => {
-                if c.sock().state() == tcp::State::SynSent || c.sock().state() == tcp::State::SynReceived {
+                if c.sock().state() == tcp::State::SynSent
+                    || c.sock().state() == tcp::State::SynReceived
+                {
                     c.read_armed = true;
                     Err(Error::WouldBlock)
                 } else {
@@ -490,11 +500,8 @@ impl Io {
             )
         };
         let mut s = udp::Socket::new(buf(), buf());
-        s.bind(IpListenEndpoint {
-            addr: None,
-            port,
-        })
-        .map_err(|_| Error::AddrInUse)?;
+        s.bind(IpListenEndpoint { addr: None, port })
+            .map_err(|_| Error::AddrInUse)?;
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(s);
         let sock = UdpSock {
@@ -575,7 +582,12 @@ impl Io {
     }
 
     /// Processes one received frame. Returns true when it was ARP (so other cores see it too).
-    pub(crate) fn ingress<Q: Queue>(&mut self, frame: &[u8], queue: &mut Q, tx: &mut TxSide<Q::Frame>) -> bool {
+    pub(crate) fn ingress<Q: Queue>(
+        &mut self,
+        frame: &[u8],
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) -> bool {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         let class = demux::classify(frame, &self.local);
@@ -598,14 +610,16 @@ impl Io {
                 false
             }
             Class::Arp => {
-                self.iface.poll_ingress_single(now, &mut dev, &mut self.empty);
+                self.iface
+                    .poll_ingress_single(now, &mut dev, &mut self.empty);
                 for idx in std::mem::take(&mut self.arp_waiters) {
                     self.mark_dirty(idx, Cause::Packet);
                 }
                 true
             }
             Class::OtherIp => {
-                self.iface.poll_ingress_single(now, &mut dev, &mut self.empty);
+                self.iface
+                    .poll_ingress_single(now, &mut dev, &mut self.empty);
                 false
             }
             Class::Udp { local_port } => {
@@ -620,7 +634,8 @@ impl Io {
                     }
                     None => {
                         self.stats.no_socket += 1;
-                        self.iface.poll_ingress_single(now, &mut dev, &mut self.empty);
+                        self.iface
+                            .poll_ingress_single(now, &mut dev, &mut self.empty);
                     }
                 }
                 false
@@ -639,7 +654,8 @@ impl Io {
                 };
                 let Some(l) = listener else {
                     self.stats.no_socket += 1;
-                    self.iface.poll_ingress_single(now, &mut dev, &mut self.empty);
+                    self.iface
+                        .poll_ingress_single(now, &mut dev, &mut self.empty);
                     return false;
                 };
                 if l.half_open >= self.defaults.backlog {
@@ -648,7 +664,10 @@ impl Io {
                     return false;
                 }
                 let idx = l.ready;
-                let c = self.slots[idx as usize].conn.as_mut().expect("listener slot");
+                let c = self.slots[idx as usize]
+                    .conn
+                    .as_mut()
+                    .expect("listener slot");
                 self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
                 if c.sock().state() == tcp::State::SynReceived {
                     c.key = Some(key);
@@ -702,13 +721,19 @@ impl Io {
 
     /// True when there is work that does not wait for a packet or a timer.
     pub(crate) fn has_work(&self) -> bool {
-        !self.dirty.is_empty() || !self.again.is_empty() || !self.udp_dirty.is_empty() || !self.events.is_empty()
+        !self.dirty.is_empty()
+            || !self.again.is_empty()
+            || !self.udp_dirty.is_empty()
+            || !self.events.is_empty()
     }
 
     /// Sends what the touched connections have to send and turns their changes into events.
     pub(crate) fn service_dirty<Q: Queue>(&mut self, queue: &mut Q, tx: &mut TxSide<Q::Frame>) {
         // Connections left over from a full ring get their turn now.
         for idx in std::mem::take(&mut self.again) {
+            if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+                c.in_dirty = false;
+            }
             self.mark_dirty(idx, Cause::App);
         }
         let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
@@ -807,8 +832,10 @@ impl Io {
             }
         }
         let ended = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
-        if ended && c.owned {
-            c.owned = false;
+        if ended && c.owned && !c.end_told {
+            // The handle stays valid (buffered data can still be read) until the app has seen
+            // this event; the core loop then calls `end_delivered`.
+            c.end_told = true;
             let normal = state == tcp::State::TimeWait || (c.we_shut && c.peer_fin_told);
             let ev = if !c.announced {
                 self.stats.conns_failed += 1;
@@ -835,7 +862,7 @@ impl Io {
             };
             self.events.push_back(ev);
         }
-        if state == tcp::State::Closed {
+        if state == tcp::State::Closed && !c.owned {
             if let Role::HalfOpen(port) = c.role {
                 if let Some(l) = self.listeners.get_mut(&port) {
                     l.half_open = l.half_open.saturating_sub(1);
@@ -861,6 +888,18 @@ impl Io {
         }
     }
 
+    /// The app has been given `Closed`/`Error` for `conn`: the handle is released now.
+    pub(crate) fn end_delivered(&mut self, conn: ConnId) {
+        let Ok(idx) = self.owned(conn) else {
+            return;
+        };
+        let c = self.conn_mut(idx).expect("owned");
+        c.owned = false;
+        if c.sock().state() == tcp::State::Closed {
+            self.release(idx);
+        }
+    }
+
     /// Stops listening everywhere and asks the app's connections to be closed (the app does that in
     /// `on_stop`); connections the app never took are reset.
     pub(crate) fn begin_stop(&mut self) {
@@ -875,8 +914,11 @@ impl Io {
     pub(crate) fn abort_all<Q: Queue>(&mut self, queue: &mut Q, tx: &mut TxSide<Q::Frame>) {
         for idx in 0..self.slots.len() as u32 {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
-                c.sock().abort();
-                self.service(idx, queue, tx);
+                // TIME-WAIT needs no reset: both sides are done.
+                if c.sock().state() != tcp::State::TimeWait {
+                    c.sock().abort();
+                    self.service(idx, queue, tx);
+                }
             }
         }
     }
@@ -954,6 +996,7 @@ impl Io {
             read_armed: true,
             write_armed: true,
             peer_fin_told: false,
+            end_told: false,
             we_shut: false,
             in_dirty: false,
             cause: Cause::App,
@@ -995,4 +1038,3 @@ impl Io {
         }
     }
 }
-

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, checks formatting and lints, builds once in
+# release mode and runs every test (unit, in-process two-stack, kernel-peer over TAP in private
+# network namespaces, bad input, allocation and idle-CPU checks). Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+start=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
+
+step "format"
+cargo fmt --all -- --check
+step "clippy"
+cargo clippy --all-targets --release -- -D warnings
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+step "build"
+cargo build --release --all-targets
+step "tests"
+cargo test --release
+step "bench script smoke run"
+BENCH_SECS=1 bash scripts/bench.sh --smoke
+step "done"
