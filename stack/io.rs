@@ -145,6 +145,20 @@ pub struct Io {
     pub(crate) stopping: bool,
 }
 
+/// RFC 7323 timestamp clock: milliseconds since the first call, from a random start (as Linux
+/// offsets it), so timestamps are enabled when the peer offers them.
+fn tsval_ms() -> u32 {
+    use std::sync::OnceLock;
+    static EPOCH: OnceLock<(std::time::Instant, u32)> = OnceLock::new();
+    let (t0, offset) = EPOCH.get_or_init(|| {
+        (
+            std::time::Instant::now(),
+            crate::pmd::sys::random_u64() as u32,
+        )
+    });
+    (t0.elapsed().as_millis() as u32).wrapping_add(*offset)
+}
+
 fn to_tcp_state(s: tcp::State) -> TcpState {
     use tcp::State as S;
     match s {
@@ -967,6 +981,7 @@ impl Io {
         let mut s = tcp::Socket::new(rx, tx);
         s.set_nagle_enabled(!self.defaults.nodelay);
         s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s.set_tsval_generator(Some(tsval_ms));
         s.set_timeout(Some(SmolDuration::from_micros(
             self.defaults.user_timeout.as_micros() as u64,
         )));
