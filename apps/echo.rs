@@ -62,8 +62,10 @@ impl Echo {
 
 impl App for Echo {
     fn on_start(&mut self, io: &mut Io) {
-        io.listen(self.port).expect("a fresh core has every port free");
-        io.udp_bind(self.port).expect("a fresh core has every port free");
+        io.listen(self.port)
+            .expect("a fresh core has every port free");
+        io.udp_bind(self.port)
+            .expect("a fresh core has every port free");
     }
 
     fn on_event(&mut self, io: &mut Io, event: Event) {

@@ -2,6 +2,7 @@
 //! `longhaul <app> --port tap:IFACE --ip CIDR [--gateway IP] [--cores N] [--budget N] [app flags]`.
 
 mod echo;
+mod loadgen;
 
 use clap::{Args, Parser, Subcommand};
 use longhaul::stack::parse_size;
@@ -13,7 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "longhaul", version, about = "Kernel-bypass userspace TCP/IP stack for long fat networks")]
+#[command(
+    name = "longhaul",
+    version,
+    about = "Kernel-bypass userspace TCP/IP stack for long fat networks"
+)]
 struct Cli {
     #[command(subcommand)]
     app: AppCmd,
@@ -23,6 +28,9 @@ struct Cli {
 enum AppCmd {
     /// Echo TCP and UDP on one port; answers ARP and ping.
     Echo(echo::EchoArgs),
+    /// Load generator on kernel sockets for scripts/bench.sh (stream, rr, echo-server).
+    #[command(hide = true)]
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 /// Flags every app takes.
@@ -61,6 +69,9 @@ pub struct Common {
     /// Do not pin core threads to CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// CPUs to pin core threads to, e.g. 2,3 (core i runs on the i-th, cycling).
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Vec<usize>,
     /// No periodic counter lines.
     #[arg(long)]
     pub quiet: bool,
@@ -81,7 +92,9 @@ impl Common {
             .map_err(|e| e.to_string())?;
         let rmem = parse_size(&self.rmem).map_err(|e| format!("--rmem: {e}"))?;
         let wmem = parse_size(&self.wmem).map_err(|e| format!("--wmem: {e}"))?;
-        c.rmem(rmem).and_then(|c| c.wmem(wmem)).map_err(|e| e.to_string())?;
+        c.rmem(rmem)
+            .and_then(|c| c.wmem(wmem))
+            .map_err(|e| e.to_string())?;
         if let Some(gw) = self.gateway {
             c.gateway(gw);
         }
@@ -89,6 +102,7 @@ impl Common {
             c.mac(parse_mac(m)?).map_err(|e| e.to_string())?;
         }
         c.nodelay(self.nodelay).pin_threads(!self.no_pin);
+        c.cpus(&self.cpus).map_err(|e| e.to_string())?;
         Ok(c)
     }
 }
@@ -164,5 +178,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.app {
         AppCmd::Echo(args) => echo::main(args),
+        AppCmd::Loadgen(args) => loadgen::main(args),
     }
 }

@@ -17,6 +17,11 @@ const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 /// Buffers per queue: a receive burst, the transmit backlog and slack.
 const POOL_FRAMES: usize = 512;
+/// The kernel's queue towards us (txqueuelen) is raised to at least this many frames: the default
+/// 1000 overflows when several kernel TCP flows burst at a core that reads one frame per syscall.
+const MIN_TXQUEUELEN: libc::c_int = 4096;
+const SIOCGIFTXQLEN: libc::c_ulong = 0x8942;
+const SIOCSIFTXQLEN: libc::c_ulong = 0x8943;
 
 /// Why a TAP could not be opened.
 #[derive(Debug)]
@@ -127,7 +132,7 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         }
         fds.push(fd);
     }
-    let mtu = set_up_and_read_mtu(name)?;
+    let mtu = configure_interface(name)?;
     let caps = Caps {
         mtu,
         queues: fds.len(),
@@ -147,8 +152,8 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         .collect())
 }
 
-/// Sets IFF_UP on the interface and returns its MTU.
-fn set_up_and_read_mtu(name: &str) -> Result<usize, TapError> {
+/// Sets IFF_UP on the interface, raises its txqueuelen and returns its MTU.
+fn configure_interface(name: &str) -> Result<usize, TapError> {
     // SAFETY: plain socket(2) call; the result is checked.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
@@ -181,6 +186,22 @@ fn set_up_and_read_mtu(name: &str) -> Result<usize, TapError> {
             {
                 return Err(TapError::Io("set interface up", io::Error::last_os_error()));
             }
+        }
+    }
+    // struct ifreq with an int member: the same layout serves MTU and txqueuelen.
+    let mut qreq = IfReqMtu {
+        name: ifname(name),
+        mtu: 0,
+        _pad: [0; 20],
+    };
+    // SAFETY: SIOCGIFTXQLEN/SIOCSIFTXQLEN read and write an int in a struct ifreq (IfReqMtu layout).
+    unsafe {
+        if libc::ioctl(s.as_raw_fd(), SIOCGIFTXQLEN, &mut qreq as *mut IfReqMtu) == 0
+            && qreq.mtu < MIN_TXQUEUELEN
+        {
+            qreq.mtu = MIN_TXQUEUELEN;
+            // Best effort: a smaller queue only means earlier drops under bursts.
+            libc::ioctl(s.as_raw_fd(), SIOCSIFTXQLEN, &mut qreq as *mut IfReqMtu);
         }
     }
     let mut mreq = IfReqMtu {

@@ -38,3 +38,6 @@ fi
 if [ ! -e /dev/net/tun ]; then
   modprobe tun 2>/dev/null || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
 fi
+
+# Charts of benchmark results (optional: the scripts print tables without it).
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib >/dev/null 2>&1 || true

@@ -20,5 +20,5 @@ cargo build --release --all-targets
 step "tests"
 cargo test --release
 step "bench script smoke run"
-BENCH_SECS=1 bash scripts/bench.sh --smoke
+BENCH_SECS=1 BENCH_WARMUP=0.2 BENCH_RESULTS="$(mktemp -d)" bash scripts/bench.sh
 step "done"

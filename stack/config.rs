@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+/// CPUs a Linux cpu_set_t can name.
+const CPU_SETSIZE: usize = 1024;
 /// Smallest and largest socket buffer accepted for `rmem`/`wmem`.
 pub const MIN_BUFFER: usize = 4 * 1024;
 /// Largest socket buffer accepted for `rmem`/`wmem` (64 MiB).
@@ -69,6 +71,7 @@ pub struct Config {
     pub(crate) backlog: usize,
     pub(crate) nodelay: bool,
     pub(crate) pin_threads: bool,
+    pub(crate) cpus: Vec<usize>,
     pub(crate) user_timeout: Duration,
     pub(crate) idle_spin: Duration,
 }
@@ -87,6 +90,7 @@ impl Default for Config {
             backlog: 128,
             nodelay: false,
             pin_threads: true,
+            cpus: Vec::new(),
             user_timeout: Duration::from_secs(120),
             idle_spin: Duration::from_micros(200),
         }
@@ -180,6 +184,17 @@ impl Config {
     pub fn pin_threads(&mut self, on: bool) -> &mut Self {
         self.pin_threads = on;
         self
+    }
+
+    /// The CPUs core threads are pinned to: core `i` runs on `cpus[i % cpus.len()]`. Empty (the
+    /// default) means every CPU the process may use, in order. Two stacks in one process want
+    /// different lists.
+    pub fn cpus(&mut self, cpus: &[usize]) -> Result<&mut Self, ConfigError> {
+        if let Some(&c) = cpus.iter().find(|&&c| c >= CPU_SETSIZE) {
+            return Err(ConfigError(format!("bad --cpus: CPU {c} is out of range")));
+        }
+        self.cpus = cpus.to_vec();
+        Ok(self)
     }
 
     /// How long unacknowledged data may go without an answer before the connection is dropped.

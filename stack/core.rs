@@ -125,7 +125,11 @@ impl Stack {
             ));
             chans.push(unbounded::<Ctl>());
         }
-        let cpus = allowed_cpus();
+        let cpus = if cfg.cpus.is_empty() {
+            allowed_cpus()
+        } else {
+            cfg.cpus.clone()
+        };
         let mut cores = Vec::with_capacity(n);
         let (ready_tx, ready_rx) = bounded::<()>(n);
         for (i, queue) in queues.into_iter().enumerate() {

@@ -36,6 +36,8 @@ pub(crate) enum Class {
     Tcp {
         key: FlowKey,
         syn_only: bool,
+        /// The segment carries data (not a pure ACK or control segment).
+        has_data: bool,
     },
     Udp {
         local_port: u16,
@@ -114,6 +116,7 @@ fn classify_ipv4(bytes: &[u8], local: &Local) -> Class {
                     local_port: tcp.dst_port(),
                 },
                 syn_only: tcp.syn() && !tcp.ack() && !tcp.rst() && !tcp.fin(),
+                has_data: !tcp.payload().is_empty(),
             }
         }
         IpProtocol::Udp => {

@@ -65,7 +65,7 @@ pub(crate) struct Dev<'a, Q: Queue> {
     pub queue: &'a mut Q,
     pub tx: &'a mut TxSide<Q::Frame>,
     pub rx: Option<&'a [u8]>,
-    pub caps: &'a DeviceCapabilities,
+    pub caps: DeviceCapabilities,
 }
 
 impl<'a, Q: Queue> Dev<'a, Q> {

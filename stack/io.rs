@@ -64,6 +64,8 @@ struct Conn {
     end_told: bool,
     we_shut: bool,
     in_dirty: bool,
+    /// Data segments received since the connection was last serviced (ACK every second one).
+    segs_since_service: u8,
     cause: Cause,
     timer_at: Option<i64>,
     nodelay: bool,
@@ -206,7 +208,7 @@ impl Io {
             queue,
             tx,
             rx: None,
-            caps: &caps,
+            caps: caps.clone(),
         };
         let mut icfg = smoltcp::iface::Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         icfg.random_seed = seed;
@@ -609,7 +611,7 @@ impl Io {
             queue,
             tx,
             rx: Some(frame),
-            caps: &self.caps,
+            caps: self.caps.clone(),
         };
         let now = self.now;
         match class {
@@ -654,11 +656,24 @@ impl Io {
                 }
                 false
             }
-            Class::Tcp { key, syn_only } => {
+            Class::Tcp {
+                key,
+                syn_only,
+                has_data,
+            } => {
                 if let Some(&idx) = self.flows.get(&key) {
                     let c = self.slots[idx as usize].conn.as_mut().expect("flow map");
                     self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
+                    c.segs_since_service += has_data as u8;
+                    let ack_now = c.segs_since_service >= 2;
+                    let Dev { queue, tx, .. } = dev;
                     self.mark_dirty(idx, Cause::Packet);
+                    if ack_now {
+                        //= rfc9293#section-3.8.6.3
+                        // An ACK SHOULD go out for at least every second full-sized segment: do not
+                        // wait for the end of the burst (smoltcp forces it on the second segment).
+                        self.service(idx, queue, tx);
+                    }
                     return false;
                 }
                 let listener = if syn_only && !self.stopping {
@@ -763,7 +778,7 @@ impl Io {
                     queue: &mut *queue,
                     tx: &mut *tx,
                     rx: None,
-                    caps: &self.caps,
+                    caps: self.caps.clone(),
                 };
                 while let smoltcp::iface::PollResult::SocketStateChanged =
                     self.iface.poll_egress(self.now, &mut dev, &mut u.set)
@@ -784,12 +799,13 @@ impl Io {
             return;
         };
         c.in_dirty = false;
+        c.segs_since_service = 0;
         tx.arp_sent = false;
         let mut dev = Dev {
             queue,
             tx,
             rx: None,
-            caps: &self.caps,
+            caps: self.caps.clone(),
         };
         while let smoltcp::iface::PollResult::SocketStateChanged =
             self.iface.poll_egress(now, &mut dev, &mut c.set)
@@ -1014,6 +1030,7 @@ impl Io {
             end_told: false,
             we_shut: false,
             in_dirty: false,
+            segs_since_service: 0,
             cause: Cause::App,
             timer_at: None,
             nodelay: self.defaults.nodelay,

@@ -19,10 +19,13 @@ const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
 
 /// A valid Ethernet/IPv4/TCP SYN from 198.18.0.9:40000 to the stack's port 7, with options.
 fn syn_frame(seq: u32) -> Vec<u8> {
-    let src = Ipv4Address::new(198, 18, 0, 9);
+    syn_from(Ipv4Address::new(198, 18, 0, 9), 40000, seq)
+}
+
+fn syn_from(src: Ipv4Address, src_port: u16, seq: u32) -> Vec<u8> {
     let dst = Ipv4Address::new(198, 18, 0, 1);
     let tcp = TcpRepr {
-        src_port: 40000,
+        src_port,
         dst_port: 7,
         control: TcpControl::Syn,
         seq_number: TcpSeqNumber(seq as i32),
@@ -201,6 +204,36 @@ fn truncated_options_are_malformed() {
     let s = stack.stats_now()[0];
     assert_eq!(s.drop_malformed, 1, "{s:?}");
     assert_eq!(s.drop_bad_checksum, 0, "{s:?}");
+}
+
+#[test]
+fn syn_flood_is_bounded_by_the_backlog() {
+    let (stack, mut raw) = start_server();
+    // 5,000 SYNs from spoofed sources that never complete the handshake.
+    for i in 0..5000u32 {
+        let src = Ipv4Address::new(198, 18, 0, 10 + (i % 200) as u8);
+        send(&mut raw, &syn_from(src, 1024 + (i / 200) as u16, i));
+        if i % 256 == 0 {
+            // Drain what the stack answers (SYN-ACKs, ARP requests) so its ring never fills.
+            collect(&mut raw, Duration::from_millis(1), |_| false);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let s = stack.stats_now()[0];
+    assert_eq!(
+        s.conns_current, 128,
+        "half-open connections held at the backlog: {s:?}"
+    );
+    assert_eq!(s.drop_syn_backlog, 5000 - 128, "{s:?}");
+    assert!(stack.is_running());
+    send(&mut raw, &arp_request());
+    let replies = collect(&mut raw, Duration::from_millis(300), |f| {
+        f.len() > 21 && f[12..14] == [0x08, 0x06]
+    });
+    assert!(
+        replies.iter().any(|f| f[21] == 2),
+        "ARP still answered during the flood"
+    );
 }
 
 proptest! {
