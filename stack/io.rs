@@ -663,18 +663,30 @@ impl Io {
             } => {
                 if let Some(&idx) = self.flows.get(&key) {
                     let c = self.slots[idx as usize].conn.as_mut().expect("flow map");
-                    self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
-                    c.segs_since_service += has_data as u8;
-                    let ack_now = c.segs_since_service >= 2;
-                    let Dev { queue, tx, .. } = dev;
-                    self.mark_dirty(idx, Cause::Packet);
-                    if ack_now {
-                        //= rfc9293#section-3.8.6.3
-                        // An ACK SHOULD go out for at least every second full-sized segment: do not
-                        // wait for the end of the burst (smoltcp forces it on the second segment).
-                        self.service(idx, queue, tx);
+                    let reincarnation = syn_only
+                        && !c.owned
+                        && c.sock().state() == tcp::State::TimeWait
+                        && self.listeners.contains_key(&key.local_port);
+                    if reincarnation {
+                        //= rfc9293#section-3.10.7.4
+                        // A new SYN for a connection in TIME-WAIT starts a new incarnation (as
+                        // Linux does, RFC 6191): the old state goes and the listener takes the SYN.
+                        self.release(idx);
+                    } else {
+                        self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
+                        c.segs_since_service += has_data as u8;
+                        let ack_now = c.segs_since_service >= 2;
+                        let Dev { queue, tx, .. } = dev;
+                        self.mark_dirty(idx, Cause::Packet);
+                        if ack_now {
+                            //= rfc9293#section-3.8.6.3
+                            // An ACK SHOULD go out for at least every second full-sized segment:
+                            // do not wait for the end of the burst (smoltcp forces it on the
+                            // second segment).
+                            self.service(idx, queue, tx);
+                        }
+                        return false;
                     }
-                    return false;
                 }
                 let listener = if syn_only && !self.stopping {
                     self.listeners.get(&key.local_port)
