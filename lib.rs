@@ -58,6 +58,6 @@ pub mod pmd;
 pub mod stack;
 
 pub use stack::{
-    App, Config, ConnError, ConnId, ConnInfo, CoreStats, Error, Event, Io, ListenerId, Stack,
+    App, Config, ConnError, ConnId, ConnInfo, ConnOptions, CoreStats, Error, Event, Io, ListenerId, Stack,
     StartError, TcpState, UdpId,
 };

@@ -3,6 +3,7 @@
 
 mod echo;
 mod loadgen;
+mod proxy;
 
 use clap::{Args, Parser, Subcommand};
 use longhaul::stack::parse_size;
@@ -28,6 +29,8 @@ struct Cli {
 enum AppCmd {
     /// Echo TCP and UDP on one port; answers ARP and ping.
     Echo(echo::EchoArgs),
+    /// TCP relay to one or more upstreams, both legs on the stack.
+    Proxy(proxy::ProxyArgs),
     /// Load generator on kernel sockets for scripts/bench.sh (stream, rr, echo-server).
     #[command(hide = true)]
     Loadgen(loadgen::LoadgenArgs),
@@ -178,6 +181,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.app {
         AppCmd::Echo(args) => echo::main(args),
+        AppCmd::Proxy(args) => proxy::main(args),
         AppCmd::Loadgen(args) => loadgen::main(args),
     }
 }

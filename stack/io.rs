@@ -8,7 +8,7 @@
 //! timer heap; no step visits all connections.
 
 use super::api::{ConnError, ConnId, ConnInfo, Error, Event, ListenerId, TcpState, UdpId};
-use super::config::Config;
+use super::config::{Config, MAX_BUFFER, MIN_BUFFER};
 use super::demux::{self, Class, DropReason, FlowKey, Local};
 use super::device::{Dev, TxSide};
 use super::stats::CoreStats;
@@ -69,6 +69,7 @@ struct Conn {
     cause: Cause,
     timer_at: Option<i64>,
     nodelay: bool,
+    opts: Resolved,
 }
 
 impl Conn {
@@ -83,6 +84,7 @@ struct Slot {
 }
 
 struct Listener {
+    opts: Resolved,
     ready: u32,
     half_open: usize,
 }
@@ -93,6 +95,48 @@ struct UdpSock {
     port: u16,
     armed: bool,
     in_dirty: bool,
+}
+
+/// Per-connection settings that differ from the stack's [`Config`] (for example per proxy leg).
+/// Unset fields take the configuration's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnOptions {
+    rmem: Option<usize>,
+    wmem: Option<usize>,
+    nodelay: Option<bool>,
+}
+
+impl ConnOptions {
+    /// Options that change nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Receive buffer in bytes (4 KiB to 64 MiB; sets the advertised window).
+    pub fn rmem(mut self, bytes: usize) -> Self {
+        self.rmem = Some(bytes);
+        self
+    }
+
+    /// Send buffer in bytes (4 KiB to 64 MiB).
+    pub fn wmem(mut self, bytes: usize) -> Self {
+        self.wmem = Some(bytes);
+        self
+    }
+
+    /// `true` turns Nagle's algorithm off.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.nodelay = Some(on);
+        self
+    }
+}
+
+/// [`ConnOptions`] with the defaults filled in.
+#[derive(Clone, Copy, Debug)]
+struct Resolved {
+    rmem: usize,
+    wmem: usize,
+    nodelay: bool,
 }
 
 /// Numbers the engine needs per connection, taken from the [`Config`].
@@ -279,20 +323,20 @@ impl Io {
     /// Listens on TCP `port` on this core. SYNs to it are accepted while fewer than `backlog`
     /// connections are half-open; each established one arrives as [`Event::Accepted`].
     pub fn listen(&mut self, port: u16) -> Result<ListenerId, Error> {
+        self.listen_with(port, ConnOptions::default())
+    }
+
+    /// [`Io::listen`] with per-connection options for the connections it accepts.
+    pub fn listen_with(&mut self, port: u16, opts: ConnOptions) -> Result<ListenerId, Error> {
         if port == 0 {
             return Err(Error::InvalidArgument("port 0"));
         }
         if self.listeners.contains_key(&port) {
             return Err(Error::AddrInUse);
         }
-        let ready = self.new_listening(port)?;
-        self.listeners.insert(
-            port,
-            Listener {
-                ready,
-                half_open: 0,
-            },
-        );
+        let opts = self.resolve(opts)?;
+        let ready = self.new_listening(port, opts)?;
+        self.listeners.insert(port, Listener { opts, ready, half_open: 0 });
         Ok(ListenerId(port))
     }
 
@@ -305,6 +349,12 @@ impl Io {
 
     /// Opens a TCP connection to `remote`; [`Event::Connected`] or [`Event::Error`] follows.
     pub fn connect(&mut self, remote: SocketAddrV4) -> Result<ConnId, Error> {
+        self.connect_with(remote, ConnOptions::default())
+    }
+
+    /// [`Io::connect`] with per-connection options.
+    pub fn connect_with(&mut self, remote: SocketAddrV4, opts: ConnOptions) -> Result<ConnId, Error> {
+        let opts = self.resolve(opts)?;
         if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_broadcast() {
             return Err(Error::InvalidArgument("remote address"));
         }
@@ -331,11 +381,11 @@ impl Io {
         if !found {
             return Err(Error::NoFreePort);
         }
-        let mut sock = self.new_socket();
+        let mut sock = self.new_socket(&opts);
         let ep = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
         sock.connect(self.iface.context(), ep, key.local_port)
             .map_err(|_| Error::InvalidArgument("remote address"))?;
-        let idx = self.insert(sock, Some(key), Role::Active);
+        let idx = self.insert(sock, Some(key), Role::Active, opts);
         self.flows.insert(key, idx);
         let c = self.conn_mut(idx).expect("just inserted");
         c.owned = true;
@@ -478,10 +528,9 @@ impl Io {
     /// A snapshot of the connection's state and queues.
     pub fn info(&mut self, conn: ConnId) -> Option<ConnInfo> {
         let idx = self.owned(conn).ok()?;
-        let (rmem, wmem) = (self.defaults.rmem, self.defaults.wmem);
         let local_ip = self.local.ip;
         let c = self.conn_mut(idx)?;
-        let nodelay = c.nodelay;
+        let (rmem, wmem, nodelay) = (c.opts.rmem, c.opts.wmem, c.nodelay);
         let s = c.sock();
         Some(ConnInfo {
             state: to_tcp_state(s.state()),
@@ -716,7 +765,8 @@ impl Io {
                     self.stats.conns_current += 1;
                     self.flows.insert(key, idx);
                     self.mark_dirty(idx, Cause::Packet);
-                    let fresh = self.new_listening(key.local_port);
+                    let opts = self.listeners[&key.local_port].opts;
+                    let fresh = self.new_listening(key.local_port, opts);
                     let l = self.listeners.get_mut(&key.local_port).expect("listener");
                     l.half_open += 1;
                     match fresh {
@@ -1002,12 +1052,26 @@ impl Io {
         }
     }
 
-    fn new_socket(&self) -> tcp::Socket<'static> {
+    /// Options with every default filled in from the configuration, checked.
+    fn resolve(&self, o: ConnOptions) -> Result<Resolved, Error> {
+        let r = Resolved {
+            rmem: o.rmem.unwrap_or(self.defaults.rmem),
+            wmem: o.wmem.unwrap_or(self.defaults.wmem),
+            nodelay: o.nodelay.unwrap_or(self.defaults.nodelay),
+        };
+        let ok = |n| (MIN_BUFFER..=MAX_BUFFER).contains(&n);
+        if !ok(r.rmem) || !ok(r.wmem) {
+            return Err(Error::InvalidArgument("buffer sizes must be 4 KiB to 64 MiB"));
+        }
+        Ok(r)
+    }
+
+    fn new_socket(&self, o: &Resolved) -> tcp::Socket<'static> {
         // vec![0; n] comes from calloc: large buffers are untouched pages until data flows.
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.defaults.rmem]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.defaults.wmem]);
+        let rx = tcp::SocketBuffer::new(vec![0u8; o.rmem]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; o.wmem]);
         let mut s = tcp::Socket::new(rx, tx);
-        s.set_nagle_enabled(!self.defaults.nodelay);
+        s.set_nagle_enabled(!o.nodelay);
         s.set_congestion_control(tcp::CongestionControl::Cubic);
         s.set_tsval_generator(Some(tsval_ms));
         s.set_timeout(Some(SmolDuration::from_micros(
@@ -1016,17 +1080,23 @@ impl Io {
         s
     }
 
-    fn new_listening(&mut self, port: u16) -> Result<u32, Error> {
-        let mut s = self.new_socket();
+    fn new_listening(&mut self, port: u16, opts: Resolved) -> Result<u32, Error> {
+        let mut s = self.new_socket(&opts);
         s.listen(IpListenEndpoint {
             addr: Some(IpAddress::Ipv4(self.local.ip)),
             port,
         })
         .map_err(|_| Error::AddrInUse)?;
-        Ok(self.insert(s, None, Role::Listening(port)))
+        Ok(self.insert(s, None, Role::Listening(port), opts))
     }
 
-    fn insert(&mut self, sock: tcp::Socket<'static>, key: Option<FlowKey>, role: Role) -> u32 {
+    fn insert(
+        &mut self,
+        sock: tcp::Socket<'static>,
+        key: Option<FlowKey>,
+        role: Role,
+        opts: Resolved,
+    ) -> u32 {
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(sock);
         let conn = Conn {
@@ -1045,7 +1115,8 @@ impl Io {
             segs_since_service: 0,
             cause: Cause::App,
             timer_at: None,
-            nodelay: self.defaults.nodelay,
+            nodelay: opts.nodelay,
+            opts,
         };
         if !matches!(role, Role::Listening(_)) {
             self.stats.conns_current += 1;

@@ -15,7 +15,7 @@ mod stats;
 pub use self::api::{App, ConnError, ConnId, ConnInfo, Error, Event, ListenerId, TcpState, UdpId};
 pub use self::config::{parse_size, Config, ConfigError, Ipv4Cidr, MAX_BUFFER, MIN_BUFFER};
 pub use self::core::{Stack, StartError};
-pub use self::io::Io;
+pub use self::io::{ConnOptions, Io};
 pub use self::stats::CoreStats;
 
 #[doc(hidden)]

@@ -207,10 +207,16 @@ impl Netns {
     /// Starts `longhaul echo --port tap:TAP --ip 198.18.0.2/24 ARGS...` in the namespace and waits
     /// (up to 10 s) for its ready line.
     pub fn spawn_echo(&self, args: &[&str]) -> Proc {
+        self.spawn_longhaul("echo", args)
+    }
+
+    /// Starts `longhaul APP --port tap:TAP --ip 198.18.0.2/24 ARGS...` in the namespace and waits
+    /// (up to 10 s) for its ready line.
+    pub fn spawn_longhaul(&self, app: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name])
             .arg(env!("CARGO_BIN_EXE_longhaul"))
-            .args(["echo", "--port", &self.port_spec(), "--ip", STACK_CIDR])
+            .args([app, "--port", &self.port_spec(), "--ip", STACK_CIDR])
             .args(args);
         Proc::start(cmd, self.children.clone(), Duration::from_secs(10))
     }
@@ -347,6 +353,11 @@ impl Proc {
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The process id (of `ip netns exec`, which execs the program: the same process).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// The lines the process wrote to stdout so far.
