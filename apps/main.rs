@@ -2,6 +2,7 @@
 //! `longhaul <app> --port tap:IFACE --ip CIDR [--gateway IP] [--cores N] [--budget N] [app flags]`.
 
 mod echo;
+mod httpd;
 mod loadgen;
 mod proxy;
 
@@ -29,6 +30,8 @@ struct Cli {
 enum AppCmd {
     /// Echo TCP and UDP on one port; answers ARP and ping.
     Echo(echo::EchoArgs),
+    /// HTTP/1.1 server: files under --root and /bytes/N, keep-alive and pipelining.
+    Httpd(httpd::HttpdArgs),
     /// TCP relay to one or more upstreams, both legs on the stack.
     Proxy(proxy::ProxyArgs),
     /// Load generator on kernel sockets for scripts/bench.sh (stream, rr, echo-server).
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
     match cli.app {
         AppCmd::Echo(args) => echo::main(args),
         AppCmd::Proxy(args) => proxy::main(args),
+        AppCmd::Httpd(args) => httpd::main(args),
         AppCmd::Loadgen(args) => loadgen::main(args),
     }
 }
