@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Echo throughput and request rate: longhaul (on a TAP) against the Linux kernel (on a veth), the
-# same load from the same client namespace in the same run. Run as root from anywhere:
+# Echo throughput and request rate, HTTP requests per second (longhaul httpd vs nginx) and relay
+# throughput (longhaul proxy vs socat, iperf3 through it): longhaul (on a TAP) against the Linux
+# kernel (on a veth), the same load from the same client namespace in the same run. Run as root from anywhere:
 #
 #   scripts/bench.sh                 # 5 s per test
 #   BENCH_SECS=1 scripts/bench.sh    # quick smoke test
@@ -167,12 +168,101 @@ for t in "stream 1|stream|1|" "stream 8|stream|8|" "rr 1|rr|1|64" "rr 16|rr|16|6
     run "$name" linux $KERNEL_IP "$mode" "$conns" "$size"
 done
 
+# ------------------------------------------------------------- httpd vs nginx, proxy vs socat
+# The echo server gives the TAP to the next app (a TAP queue has one reader).
+kill "$LH_PID" 2>/dev/null || true
+wait "$LH_PID" 2>/dev/null || true
+WWW=$LOGDIR/www
+mkdir -p "$WWW"
+head -c 1024 /dev/zero | tr '\0' a >"$WWW/1k.bin"
+
+lh_start() { # app args...: starts a longhaul app on the TAP and waits for its ready line
+    local app=$1
+    shift
+    ip netns exec "$NS_C" "${SERVER_PIN[@]}" "$BIN" "$app" --port "tap:$TAP" --ip $LH_IP/24 --quiet \
+        ${LONGHAUL_FLAGS:-} "$@" >"$LOGDIR/$app.log" 2>&1 &
+    LH_PID=$!
+    PIDS+=($LH_PID)
+    wait_ready "longhaul $app" "$LOGDIR/$app.log" "ready"
+}
+lh_stop() {
+    kill "$LH_PID" 2>/dev/null || true
+    wait "$LH_PID" 2>/dev/null || true
+}
+record() { # test target key value
+    R[$1|$2|ok]=1
+    R[$1|$2|$3]=$4
+}
+
+if command -v nginx >/dev/null && command -v wrk >/dev/null; then
+    TESTS+=("http 1KiB")
+    cat >"$LOGDIR/nginx.conf" <<NGINX
+worker_processes 1;
+pid $LOGDIR/nginx.pid;
+error_log $LOGDIR/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server { listen $KERNEL_IP:80 reuseport; root $WWW; keepalive_requests 1000000; }
+}
+NGINX
+    ip netns exec "$NS_S" "${SERVER_PIN[@]}" nginx -c "$LOGDIR/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+    lh_start httpd --listen 80 --root "$WWW"
+    sleep 0.5
+    for target in longhaul linux; do
+        ip=$LH_IP
+        [[ $target == linux ]] && ip=$KERNEL_IP
+        echo "-- http 1KiB on $target (wrk -c 50)"
+        out=$(ip netns exec "$NS_C" "${CLIENT_PIN[@]}" wrk -t 1 -c 50 -d "${SECS}s" "http://$ip/1k.bin" 2>&1 || true)
+        rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+        errs=$(grep -c "Socket errors\|Non-2xx" <<<"$out" || true)
+        echo "   requests/s ${rps:-?} (error lines: $errs)"
+        [[ -n $rps ]] && record "http 1KiB" $target rps "$rps"
+        [[ $errs != 0 ]] && R[http 1KiB|$target|errors]=$errs
+    done
+    lh_stop
+else
+    echo "-- http: skipped (needs nginx and wrk)"
+fi
+
+if command -v iperf3 >/dev/null && command -v socat >/dev/null; then
+    TESTS+=("proxy iperf3")
+    # Upstream: one iperf3 server in the client namespace, reached over the TAP (longhaul proxy)
+    # or the veth (socat relay in the server namespace).
+    ip netns exec "$NS_C" iperf3 -s -p 5301 >"$LOGDIR/iperf3-s.log" 2>&1 &
+    PIDS+=($!)
+    lh_start proxy --listen 5201 --upstream 198.18.0.1:5301 --nodelay
+    ip netns exec "$NS_S" "${SERVER_PIN[@]}" socat TCP-LISTEN:5201,bind=$KERNEL_IP,reuseaddr,fork TCP:198.18.1.1:5301 &
+    PIDS+=($!)
+    sleep 0.5
+    for target in longhaul linux; do
+        ip=$LH_IP
+        [[ $target == linux ]] && ip=$KERNEL_IP
+        echo "-- proxy iperf3 on $target"
+        bps=$(ip netns exec "$NS_C" "${CLIENT_PIN[@]}" iperf3 -c "$ip" -p 5201 -t "$SECS" -J 2>/dev/null |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])' 2>/dev/null || true)
+        if [[ -n $bps ]]; then
+            g=$(awk -v b="$bps" 'BEGIN { printf "%.3f", b / 1e9 }')
+            echo "   $g Gbit/s"
+            record "proxy iperf3" $target gbit_per_s "$g"
+        fi
+    done
+    lh_stop
+else
+    echo "-- proxy: skipped (needs iperf3 and socat)"
+fi
+
 # ---------------------------------------------------------------------------------------- table
 # Rows: label | key | unit | higher-is-better
 ROWS=()
 for name in "${TESTS[@]}"; do
     if [[ $name == stream* ]]; then
         ROWS+=("$name conn echo|$name|gbit_per_s|Gbit/s|up")
+    elif [[ $name == http* ]]; then
+        ROWS+=("$name wrk -c 50 (httpd vs nginx)|$name|rps|req/s|up")
+    elif [[ $name == proxy* ]]; then
+        ROWS+=("$name (proxy vs socat)|$name|gbit_per_s|Gbit/s|up")
     else
         ROWS+=("$name conn 64 B|$name|tps|tx/s|up")
         ROWS+=("$name conn 64 B p50|$name|p50_us|µs|down")
@@ -235,11 +325,13 @@ done
     echo "| test | client retransmits | TAP drops |"
     echo "|---|---:|---:|"
     for name in "${TESTS[@]}"; do
+        [[ -n ${R[$name|longhaul|retrans]:-} ]] || continue
         echo "| $name | ${R[$name|longhaul|retrans]:-?} / ${R[$name|linux|retrans]:-?} | ${R[$name|longhaul|tapdrops]:-?} |"
     done
 } >>"$MD"
 printf '\n%-22s %22s %10s\n' test "client retransmits" "TAP drops"
 for name in "${TESTS[@]}"; do
+    [[ -n ${R[$name|longhaul|retrans]:-} ]] || continue
     printf '%-22s %22s %10s\n' "$name" "${R[$name|longhaul|retrans]:-?} / ${R[$name|linux|retrans]:-?}" \
         "${R[$name|longhaul|tapdrops]:-?}"
 done
