@@ -53,6 +53,8 @@
 //! ```
 
 #![warn(missing_docs)]
+// FFI and ring code lives in `pmd/`, the only module allowed `unsafe` (each block with a SAFETY line).
+#![deny(unsafe_code)]
 
 pub mod pmd;
 pub mod stack;
