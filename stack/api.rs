@@ -53,9 +53,11 @@ impl fmt::Display for ConnError {
 
 impl std::error::Error for ConnError {}
 
-/// Something happened on this core. Events are edge-triggered: `Readable` comes again only after a
-/// `read` returned [`Error::WouldBlock`], `Writable` only after a `write` could not take everything
-/// (or `write_space` returned 0).
+/// Something happened on this core. Events are edge-triggered, as with epoll's `EPOLLET`:
+/// `Readable` comes when new data (or the end of stream) arrives, or after a `read` returned
+/// [`Error::WouldBlock`] and data came since; data already in the buffer raises no new event, so an
+/// app that stops reading early must come back to it itself. `Writable` comes once there is room
+/// after a `write` could not take everything (or `write_space` returned 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {

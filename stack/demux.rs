@@ -36,7 +36,7 @@ pub(crate) enum Class {
     Tcp {
         key: FlowKey,
         syn_only: bool,
-        /// The segment carries data (not a pure ACK or control segment).
+        /// The segment carries data or a FIN (something the app may read).
         has_data: bool,
     },
     Udp {
@@ -116,7 +116,7 @@ fn classify_ipv4(bytes: &[u8], local: &Local) -> Class {
                     local_port: tcp.dst_port(),
                 },
                 syn_only: tcp.syn() && !tcp.ack() && !tcp.rst() && !tcp.fin(),
-                has_data: !tcp.payload().is_empty(),
+                has_data: !tcp.payload().is_empty() || tcp.fin(),
             }
         }
         IpProtocol::Udp => {

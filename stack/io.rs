@@ -724,6 +724,9 @@ impl Io {
                     } else {
                         self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
                         c.segs_since_service += has_data as u8;
+                        // Like epoll's edge-triggered mode: new data (or FIN) is a new edge,
+                        // whether or not the app drained what came before.
+                        c.read_armed |= has_data;
                         let ack_now = c.segs_since_service >= 2;
                         let Dev { queue, tx, .. } = dev;
                         self.mark_dirty(idx, Cause::Packet);

@@ -104,3 +104,65 @@ fn connect_to_closed_port_is_refused() {
     let failed: u64 = client.stats_now().iter().map(|s| s.conns_failed).sum();
     assert_eq!(failed, 3);
 }
+
+/// Reads exactly 4 bytes per `Readable` and never drains: new data must still raise `Readable`.
+struct ReadFour {
+    got: Arc<Mutex<Vec<u8>>>,
+}
+
+impl longhaul::App for ReadFour {
+    fn on_start(&mut self, io: &mut longhaul::Io) {
+        io.listen(7).unwrap();
+    }
+    fn on_event(&mut self, io: &mut longhaul::Io, ev: longhaul::Event) {
+        if let longhaul::Event::Readable(c) = ev {
+            let mut b = [0u8; 4];
+            if let Ok(n) = io.read(c, &mut b) {
+                self.got.lock().unwrap().extend_from_slice(&b[..n]);
+            }
+        }
+    }
+}
+
+/// Sends "abcd" at connect and "efgh" a few ticks later.
+struct TwoWrites {
+    conn: Option<longhaul::ConnId>,
+    ticks: u32,
+}
+
+impl longhaul::App for TwoWrites {
+    fn on_start(&mut self, io: &mut longhaul::Io) {
+        self.conn = Some(io.connect(server_addr(7)).unwrap());
+    }
+    fn on_event(&mut self, io: &mut longhaul::Io, ev: longhaul::Event) {
+        if let longhaul::Event::Connected(c) = ev {
+            io.write(c, b"abcd").unwrap();
+        }
+    }
+    fn on_tick(&mut self, io: &mut longhaul::Io) {
+        self.ticks += 1;
+        if self.ticks == 5 {
+            io.write(self.conn.unwrap(), b"efgh").unwrap();
+        }
+    }
+}
+
+#[test]
+fn new_data_raises_readable_even_when_the_app_did_not_drain() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let (_s, _c, _, _) = pair(
+        MemConfig::default(),
+        move |_| ReadFour { got: g.clone() },
+        |_| TwoWrites {
+            conn: None,
+            ticks: 0,
+        },
+    );
+    assert!(wait_for(Duration::from_secs(5), || got
+        .lock()
+        .unwrap()
+        .len()
+        == 8));
+    assert_eq!(&got.lock().unwrap()[..], b"abcdefgh");
+}
