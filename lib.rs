@@ -60,6 +60,6 @@ pub mod pmd;
 pub mod stack;
 
 pub use stack::{
-    App, Config, ConnError, ConnId, ConnInfo, ConnOptions, CoreStats, Error, Event, Io, ListenerId, Stack,
-    StartError, TcpState, UdpId,
+    App, Config, ConnError, ConnId, ConnInfo, ConnOptions, CoreStats, Error, Event, Io, ListenerId,
+    Stack, StartError, TcpState, UdpId,
 };

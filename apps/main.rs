@@ -4,6 +4,8 @@
 mod echo;
 mod httpd;
 mod loadgen;
+mod netem;
+mod perf;
 mod proxy;
 
 use clap::{Args, Parser, Subcommand};
@@ -37,6 +39,10 @@ enum AppCmd {
     /// Load generator on kernel sockets for scripts/bench.sh (stream, rr, echo-server).
     #[command(hide = true)]
     Loadgen(loadgen::LoadgenArgs),
+    /// Link emulator between two ports: delay, jitter, loss, rate, queue, reordering, MTU black hole.
+    Netem(netem::NetemArgs),
+    /// iperf3-compatible throughput tests (TCP): `perf server` for iperf3 clients, `perf client`.
+    Perf(perf::PerfArgs),
 }
 
 /// Flags every app takes.
@@ -187,5 +193,7 @@ fn main() -> ExitCode {
         AppCmd::Proxy(args) => proxy::main(args),
         AppCmd::Httpd(args) => httpd::main(args),
         AppCmd::Loadgen(args) => loadgen::main(args),
+        AppCmd::Netem(args) => netem::main(args),
+        AppCmd::Perf(args) => perf::main(args),
     }
 }

@@ -8,8 +8,11 @@
 //! Backends: [`tap`] (a Linux TAP device, multi-queue) and [`mem`] (an in-process wire for tests and
 //! benchmarks, with loss and reordering hooks).
 
+#![allow(unsafe_code)]
+
 pub mod mem;
-pub(crate) mod sys;
+#[doc(hidden)]
+pub mod sys;
 pub mod tap;
 
 use std::fmt;

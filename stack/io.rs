@@ -336,7 +336,14 @@ impl Io {
         }
         let opts = self.resolve(opts)?;
         let ready = self.new_listening(port, opts)?;
-        self.listeners.insert(port, Listener { opts, ready, half_open: 0 });
+        self.listeners.insert(
+            port,
+            Listener {
+                opts,
+                ready,
+                half_open: 0,
+            },
+        );
         Ok(ListenerId(port))
     }
 
@@ -353,7 +360,11 @@ impl Io {
     }
 
     /// [`Io::connect`] with per-connection options.
-    pub fn connect_with(&mut self, remote: SocketAddrV4, opts: ConnOptions) -> Result<ConnId, Error> {
+    pub fn connect_with(
+        &mut self,
+        remote: SocketAddrV4,
+        opts: ConnOptions,
+    ) -> Result<ConnId, Error> {
         let opts = self.resolve(opts)?;
         if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_broadcast() {
             return Err(Error::InvalidArgument("remote address"));
@@ -1064,7 +1075,9 @@ impl Io {
         };
         let ok = |n| (MIN_BUFFER..=MAX_BUFFER).contains(&n);
         if !ok(r.rmem) || !ok(r.wmem) {
-            return Err(Error::InvalidArgument("buffer sizes must be 4 KiB to 64 MiB"));
+            return Err(Error::InvalidArgument(
+                "buffer sizes must be 4 KiB to 64 MiB",
+            ));
         }
         Ok(r)
     }

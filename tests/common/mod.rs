@@ -582,3 +582,182 @@ pub fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ------------------------------------------------------------------ other processes (perf tests)
+
+impl Proc {
+    /// Starts `cmd` and waits (up to `within`) for a stdout line containing `marker` (the plain
+    /// start waits for "ready"; kernel tools such as `iperf3 -s` print something else).
+    pub fn start_marked(
+        mut cmd: Command,
+        registry: Arc<Mutex<Vec<u32>>>,
+        within: Duration,
+        marker: &str,
+    ) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = child.id();
+        registry.lock().unwrap().push(pid);
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let out_pipe = child.stdout.take().expect("piped stdout");
+        let err_pipe = child.stderr.take().expect("piped stderr");
+        let so = stdout.clone();
+        let r1 = std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                so.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let se = stderr.clone();
+        let r2 = std::thread::spawn(move || {
+            let mut pipe = err_pipe;
+            let mut buf = [0u8; 4096];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => se
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+        });
+        let mut p = Proc {
+            child: Some(child),
+            pid,
+            registry,
+            stdout,
+            stderr,
+            readers: vec![r1, r2],
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.contains(marker) => return p,
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    panic!(
+                        "{cmd:?} exited before printing '{marker}' ({:?}); stderr: {}",
+                        p.try_status(),
+                        p.stderr()
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{cmd:?} printed no '{marker}' line within {within:?}; stderr: {}",
+                    p.stderr()
+                );
+            }
+        }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; returns its status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What a bounded run produced.
+pub struct Bounded {
+    /// Exit status, stdout and stderr (of the part that ran, if it was killed).
+    pub output: Output,
+    /// False when the time limit killed it.
+    pub finished: bool,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl Netns {
+    /// Starts `cmd` in the namespace and waits (up to `within`) for a stdout line containing
+    /// `marker`. Killed when the `Proc` or the namespace is dropped.
+    pub fn spawn_marked(&self, cmd: &[&str], marker: &str, within: Duration) -> Proc {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(cmd);
+        Proc::start_marked(c, self.children.clone(), within, marker)
+    }
+
+    /// Starts `longhaul perf server --port tap:TAP --ip 198.18.0.2/24 ARGS...` in the namespace and
+    /// waits (up to 10 s) for its ready line.
+    pub fn spawn_perf_server(&self, args: &[&str]) -> Proc {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .arg(env!("CARGO_BIN_EXE_longhaul"))
+            .args([
+                "perf",
+                "server",
+                "--port",
+                &self.port_spec(),
+                "--ip",
+                STACK_CIDR,
+            ])
+            .args(args);
+        Proc::start(cmd, self.children.clone(), Duration::from_secs(10))
+    }
+
+    /// Runs `cmd` in the namespace for at most `limit` (then SIGKILL) and collects its output.
+    pub fn exec_bounded(&self, cmd: &[&str], limit: Duration) -> Bounded {
+        let start = Instant::now();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = child.id();
+        self.children.lock().unwrap().push(pid);
+        let mut out_pipe = child.stdout.take().expect("piped stdout");
+        let mut err_pipe = child.stderr.take().expect("piped stderr");
+        let ro = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out_pipe.read_to_end(&mut v);
+            v
+        });
+        let re = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err_pipe.read_to_end(&mut v);
+            v
+        });
+        let mut finished = true;
+        let status = loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                break s;
+            }
+            if start.elapsed() >= limit {
+                finished = false;
+                let _ = child.kill();
+                break child.wait().expect("wait for the killed child");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.children.lock().unwrap().retain(|&p| p != pid);
+        Bounded {
+            output: Output {
+                status,
+                stdout: ro.join().unwrap_or_default(),
+                stderr: re.join().unwrap_or_default(),
+            },
+            finished,
+            elapsed: start.elapsed(),
+        }
+    }
+}
