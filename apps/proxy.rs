@@ -9,7 +9,7 @@
 
 use crate::{run_until_signal, Common};
 use clap::{Args, ValueEnum};
-use longhaul::stack::parse_size;
+use longhaul::stack::{parse_size, MAX_BUFFER, MIN_BUFFER};
 use longhaul::{App, ConnError, ConnId, ConnOptions, Event, Io, Stack};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -477,17 +477,25 @@ impl App for Proxy {
     }
 }
 
+/// Per-leg options from the flags; sizes are checked here so a mistake stops before the port opens.
 fn leg_options(
     rmem: &Option<String>,
     wmem: &Option<String>,
     nodelay: bool,
 ) -> Result<ConnOptions, String> {
+    let size = |s: &str| -> Result<usize, String> {
+        let n = parse_size(s).map_err(|e| e.to_string())?;
+        if !(MIN_BUFFER..=MAX_BUFFER).contains(&n) {
+            return Err(format!("{s} is out of range: use 4K to 64M"));
+        }
+        Ok(n)
+    };
     let mut o = ConnOptions::new().nodelay(nodelay);
     if let Some(r) = rmem {
-        o = o.rmem(parse_size(r).map_err(|e| e.to_string())?);
+        o = o.rmem(size(r)?);
     }
     if let Some(w) = wmem {
-        o = o.wmem(parse_size(w).map_err(|e| e.to_string())?);
+        o = o.wmem(size(w)?);
     }
     Ok(o)
 }

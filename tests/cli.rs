@@ -13,7 +13,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
 
 /// Runs `longhaul ARGS` and returns (exit code, stderr).
 fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(BIN).args(args).output().expect("run longhaul");
+    // `timeout`: a mistake that slipped through validation must not leave a stack running.
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(BIN)
+        .args(args)
+        .output()
+        .expect("run longhaul");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -442,3 +442,98 @@ fn connect_timeout_moves_on_from_a_silent_upstream() {
         start.elapsed()
     );
 }
+
+/// Reads what the client sends, then resets the connection (SO_LINGER 0).
+fn read_then_reset(mut s: TcpStream) {
+    let mut buf = [0u8; 5];
+    let _ = s.read_exact(&mut buf);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a live linger struct of the size given, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(s);
+}
+
+#[test]
+fn an_upstream_reset_resets_the_client() {
+    if !root_or_skip("an_upstream_reset_resets_the_client") {
+        return;
+    }
+    let ns = Netns::new("pxrst");
+    kernel_server(&ns, 8011, read_then_reset);
+    let _proxy = ns.spawn_longhaul(
+        "proxy",
+        &["--listen", "80", "--upstream", &upstream(8011), "--quiet"],
+    );
+    let mut c = connect(&ns);
+    c.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 8];
+    let r = c.read(&mut buf);
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the reset travels to the client as a reset, not as a FIN"
+    );
+}
+
+#[test]
+fn idle_pairs_are_closed_after_the_idle_timeout() {
+    if !root_or_skip("idle_pairs_are_closed_after_the_idle_timeout") {
+        return;
+    }
+    let ns = Netns::new("pxidle");
+    kernel_server(&ns, 8012, echo);
+    let _proxy = ns.spawn_longhaul(
+        "proxy",
+        &[
+            "--listen",
+            "80",
+            "--upstream",
+            &upstream(8012),
+            "--idle-timeout",
+            "1s",
+            "--quiet",
+        ],
+    );
+    let mut c = connect(&ns);
+    echo_round_trip(&mut c, b"active");
+    let start = Instant::now();
+    let mut buf = [0u8; 8];
+    assert_eq!(c.read(&mut buf).expect("an orderly close"), 0);
+    let idle = start.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
+
+#[test]
+fn bad_leg_options_are_one_line_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_longhaul"))
+        .args([
+            "proxy",
+            "--port",
+            "tap:x",
+            "--ip",
+            "198.18.0.2/24",
+            "--listen",
+            "80",
+        ])
+        .args(["--upstream", "198.18.0.1:80", "--upstream-rmem", "1G"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--upstream-rmem"), "{err}");
+}
