@@ -519,7 +519,8 @@ fn idle_pairs_are_closed_after_the_idle_timeout() {
 
 #[test]
 fn bad_leg_options_are_one_line_errors() {
-    let out = Command::new(env!("CARGO_BIN_EXE_longhaul"))
+    let out = Command::new("timeout")
+        .args(["10", env!("CARGO_BIN_EXE_longhaul")])
         .args([
             "proxy",
             "--port",
