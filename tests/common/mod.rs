@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -263,79 +263,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn start(mut cmd: Command, registry: Arc<Mutex<Vec<u32>>>, ready_within: Duration) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let pid = child.id();
-        registry.lock().unwrap().push(pid);
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let out_pipe = child.stdout.take().expect("piped stdout");
-        let err_pipe = child.stderr.take().expect("piped stderr");
-        let so = stdout.clone();
-        let r1 = std::thread::spawn(move || {
-            for line in BufReader::new(out_pipe).lines() {
-                let Ok(line) = line else { break };
-                so.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let se = stderr.clone();
-        let r2 = std::thread::spawn(move || {
-            let mut s = String::new();
-            let mut pipe = err_pipe;
-            let mut buf = [0u8; 4096];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                        *se.lock().unwrap() = s.clone();
-                    }
-                }
-            }
-        });
-        let mut p = Proc {
-            child: Some(child),
-            pid,
-            registry,
-            stdout,
-            stderr,
-            readers: vec![r1, r2],
-        };
-        p.wait_ready(&rx, ready_within, &format!("{cmd:?}"));
-        p
-    }
-
-    fn wait_ready(&mut self, rx: &Receiver<String>, within: Duration, what: &str) {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(line) if line.contains("ready") => return,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    panic!(
-                        "{what} exited before it was ready ({:?}); stderr: {}",
-                        self.try_status(),
-                        self.stderr()
-                    );
-                }
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{what} printed no ready line within {within:?}; stderr: {}",
-                    self.stderr()
-                );
-            }
-        }
+    fn start(cmd: Command, registry: Arc<Mutex<Vec<u32>>>, ready_within: Duration) -> Proc {
+        Self::start_marked(cmd, registry, ready_within, "ready")
     }
 
     /// The exit status if the process has ended.
