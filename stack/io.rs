@@ -740,13 +740,16 @@ impl Io {
                         c.read_armed |= has_data;
                         let ack_now = c.segs_since_service >= 2;
                         let Dev { queue, tx, .. } = dev;
-                        self.mark_dirty(idx, Cause::Packet);
                         if ack_now {
                             //= rfc9293#section-3.8.6.3
                             // An ACK SHOULD go out for at least every second full-sized segment:
                             // do not wait for the end of the burst (smoltcp forces it on the
-                            // second segment).
+                            // second segment). Servicing clears `in_dirty`, so an entry already
+                            // on the dirty list is skipped there.
+                            c.cause = Cause::Packet;
                             self.service(idx, queue, tx);
+                        } else {
+                            self.mark_dirty(idx, Cause::Packet);
                         }
                         return false;
                     }
@@ -843,7 +846,14 @@ impl Io {
         }
         let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
         for &idx in &dirty {
-            self.service(idx, queue, tx);
+            // Entries whose connection was serviced since it was listed (inline ACK) are stale.
+            let listed = self.slots[idx as usize]
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.in_dirty);
+            if listed {
+                self.service(idx, queue, tx);
+            }
         }
         dirty.clear();
         self.dirty_spare = dirty;
