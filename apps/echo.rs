@@ -2,7 +2,7 @@
 
 use crate::{run_until_signal, Common};
 use clap::Args;
-use longhaul::{App, ConnId, Error, Event, Io, Stack};
+use longhaul::{App, ConnId, Error, Event, Io};
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,17 +114,14 @@ pub fn main(args: EchoArgs) -> ExitCode {
     let totals = Arc::new(Totals::default());
     let port = args.listen;
     let t = totals.clone();
-    let stack = match Stack::start(cfg, move |_core| Echo {
+    let stack = match crate::start_stack("echo", cfg, move |_core| Echo {
         port,
         conns: HashSet::new(),
         buf: vec![0u8; 64 * 1024].into_boxed_slice(),
         totals: t.clone(),
     }) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("longhaul echo: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let m = stack.mac();
     println!(

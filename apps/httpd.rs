@@ -8,7 +8,7 @@
 
 use crate::{run_until_signal, Common};
 use clap::Args;
-use longhaul::{App, ConnId, Error, Event, Io, Stack};
+use longhaul::{App, ConnId, Error, Event, Io};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -491,7 +491,7 @@ pub fn main(args: HttpdArgs) -> ExitCode {
         args.max_header,
         args.max_body,
     );
-    let stack = match Stack::start(cfg, move |_core| Httpd {
+    let stack = match crate::start_stack("httpd", cfg, move |_core| Httpd {
         port,
         root: root.clone(),
         max_conns,
@@ -503,10 +503,7 @@ pub fn main(args: HttpdArgs) -> ExitCode {
         generated: vec![b'a'; CHUNK].into_boxed_slice(),
     }) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("longhaul httpd: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     println!(
         "longhaul httpd ready: port {} ip {} cores {} listen {} root {}",

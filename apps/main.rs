@@ -132,6 +132,19 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
+/// Starts the stack for `app` with one app instance per core, or prints one line saying why it
+/// could not and returns the exit status (1) to end with.
+pub fn start_stack<A, F>(app: &str, cfg: Config, factory: F) -> Result<Stack, ExitCode>
+where
+    A: longhaul::App,
+    F: Fn(usize) -> A + Send + Sync + 'static,
+{
+    Stack::start(cfg, factory).map_err(|e| {
+        eprintln!("longhaul {app}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Runs a started stack until SIGINT/SIGTERM, printing a counter line every `interval` unless quiet.
 pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> String) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));

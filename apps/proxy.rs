@@ -10,7 +10,7 @@
 use crate::{run_until_signal, Common};
 use clap::{Args, ValueEnum};
 use longhaul::stack::{parse_size, MAX_BUFFER, MIN_BUFFER};
-use longhaul::{App, ConnError, ConnId, ConnOptions, Event, Io, Stack};
+use longhaul::{App, ConnError, ConnId, ConnOptions, Event, Io};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::process::ExitCode;
@@ -551,7 +551,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
     } else {
         None
     };
-    let stack = match Stack::start(cfg, move |_core| Proxy {
+    let stack = match crate::start_stack("proxy", cfg, move |_core| Proxy {
         port,
         client_opts,
         upstream_opts,
@@ -569,10 +569,7 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         buf: vec![0u8; 64 * 1024].into_boxed_slice(),
     }) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("longhaul proxy: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let ups: Vec<String> = args.upstream.iter().map(|a| a.to_string()).collect();
     println!(

@@ -24,7 +24,6 @@ mod server;
 use crate::{run_until_signal, Common};
 use clap::{Args, Subcommand};
 use longhaul::stack::parse_size;
-use longhaul::Stack;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -118,12 +117,11 @@ fn server_main(args: ServerArgs) -> ExitCode {
     let totals = Arc::new(Totals::default());
     let t = totals.clone();
     let port = args.listen;
-    let stack = match Stack::start(cfg, move |_| server::PerfServer::new(port, t.clone())) {
+    let stack = match crate::start_stack("perf", cfg, move |_| {
+        server::PerfServer::new(port, t.clone())
+    }) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("longhaul perf: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     println!(
         "longhaul perf server ready: port {} ip {} iperf3 on tcp {}",
@@ -206,7 +204,7 @@ fn client_main(args: ClientArgs) -> ExitCode {
     let cookie = random_cookie();
     let (tx, rx) = std::sync::mpsc::channel();
     let tx = std::sync::Mutex::new(Some(tx));
-    let stack = match Stack::start(cfg, move |_| {
+    let stack = match crate::start_stack("perf", cfg, move |_| {
         let tx = tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -215,10 +213,7 @@ fn client_main(args: ClientArgs) -> ExitCode {
         client::PerfClient::new(opts.clone(), cookie, tx)
     }) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("longhaul perf: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
