@@ -11,6 +11,7 @@ mod demux;
 mod device;
 mod io;
 mod stats;
+pub mod tcp;
 
 pub use self::api::{App, ConnError, ConnId, ConnInfo, Error, Event, ListenerId, TcpState, UdpId};
 pub use self::config::{parse_size, Config, ConfigError, Ipv4Cidr, MAX_BUFFER, MIN_BUFFER};
