@@ -158,6 +158,12 @@ pub struct ConnInfo {
     pub wmem: usize,
     /// Nagle's algorithm is off.
     pub nodelay: bool,
+    /// Congestion control algorithm and its state (e.g. "cubic", "css").
+    pub cc: &'static str,
+    /// State of the congestion controller (e.g. "slow_start", "css", "avoidance").
+    pub cc_state: &'static str,
+    /// TCP counters and estimates, like Linux's `tcp_info`.
+    pub tcp: crate::stack::tcp::conn::TcpInfo,
 }
 
 /// A per-core application. The stack creates one instance per core (from the factory given to

@@ -1,6 +1,7 @@
 //! Stack configuration: a builder with `&mut Self` setters, validated as it is set.
 
 use crate::pmd::PortSpec;
+use crate::stack::tcp::cc::CcAlgorithm;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -74,6 +75,13 @@ pub struct Config {
     pub(crate) cpus: Vec<usize>,
     pub(crate) user_timeout: Duration,
     pub(crate) idle_spin: Duration,
+    pub(crate) cc: CcAlgorithm,
+    pub(crate) syncookies: bool,
+    pub(crate) rto_min: Duration,
+    pub(crate) rto_max: Duration,
+    pub(crate) mss_clamp: Option<u16>,
+    pub(crate) slow_start_after_idle: bool,
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl Default for Config {
@@ -93,6 +101,13 @@ impl Default for Config {
             cpus: Vec::new(),
             user_timeout: Duration::from_secs(120),
             idle_spin: Duration::from_micros(200),
+            cc: CcAlgorithm::default(),
+            syncookies: true,
+            rto_min: Duration::from_millis(200),
+            rto_max: Duration::from_secs(120),
+            mss_clamp: None,
+            slow_start_after_idle: false,
+            keepalive: None,
         }
     }
 }
@@ -203,7 +218,54 @@ impl Config {
         self
     }
 
-    /// How long an idle core busy-polls before it sleeps on its queue.
+    /// Congestion control for new connections (default CUBIC).
+    pub fn cc(&mut self, algo: CcAlgorithm) -> &mut Self {
+        self.cc = algo;
+        self
+    }
+
+    /// SYN cookies when a listener's SYN queue is full (on by default, as Linux's `tcp_syncookies=1`).
+    pub fn syncookies(&mut self, on: bool) -> &mut Self {
+        self.syncookies = on;
+        self
+    }
+
+    /// Bounds of the retransmission timeout (defaults 200 ms and 120 s, as Linux).
+    pub fn rto_bounds(&mut self, min: Duration, max: Duration) -> Result<&mut Self, ConfigError> {
+        if min.is_zero() || min > max || max > Duration::from_secs(600) {
+            return Err(ConfigError(format!(
+                "bad RTO bounds {min:?}..{max:?}: need 0 < min <= max <= 600s (e.g. --rto-min 200ms)"
+            )));
+        }
+        self.rto_min = min;
+        self.rto_max = max;
+        Ok(self)
+    }
+
+    /// Clamps the MSS used and advertised (for tunnels with a smaller MTU).
+    pub fn mss_clamp(&mut self, mss: u16) -> Result<&mut Self, ConfigError> {
+        if !(88..=9000).contains(&mss) {
+            return Err(ConfigError(format!(
+                "bad MSS clamp {mss}: use 88 to 9000 bytes"
+            )));
+        }
+        self.mss_clamp = Some(mss);
+        Ok(self)
+    }
+
+    /// Restart from the initial window after an idle period (RFC 5681 §4.1; off by default).
+    pub fn slow_start_after_idle(&mut self, on: bool) -> &mut Self {
+        self.slow_start_after_idle = on;
+        self
+    }
+
+    /// TCP keepalive: probe after this long without a segment from the peer (off by default).
+    pub fn keepalive(&mut self, idle: Option<Duration>) -> &mut Self {
+        self.keepalive = idle;
+        self
+    }
+
+    /// How long an idle core busy-polls before it sleeps on its queue (default 200 µs).
     pub fn idle_spin(&mut self, t: Duration) -> &mut Self {
         self.idle_spin = t;
         self

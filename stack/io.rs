@@ -1,37 +1,46 @@
 //! One core's protocol engine and the handle apps use: [`Io`].
 //!
-//! Every TCP connection lives in a `SocketSet` of its own, found by a hash of its 4-tuple, so a
-//! packet touches exactly one socket (smoltcp's `Interface` otherwise offers each packet to every
-//! socket in the set). Listening ports keep one ready listening socket; a SYN turns it into a
-//! half-open connection and a fresh one takes its place, up to `backlog` half-open ones per port.
-//! Work is driven by a dirty list (connections touched by a packet, an app call or a timer) and a
-//! timer heap; no step visits all connections.
+//! TCP is longhaul's own ([`super::tcp::Conn`], a sans-IO state machine): connections live in a
+//! slab with generations, found by a hash of the 4-tuple; listeners by port. Work is driven by a
+//! dirty list (connections touched by a packet, an app call or a timer) and a timer heap keyed by
+//! each connection's next deadline; no step visits all connections. smoltcp's `Interface` keeps
+//! ARP replies, ICMP echo and UDP; TCP frames are built here straight into the port's buffers.
 
 use super::api::{ConnError, ConnId, ConnInfo, Error, Event, ListenerId, TcpState, UdpId};
 use super::config::{Config, MAX_BUFFER, MIN_BUFFER};
 use super::demux::{self, Class, DropReason, FlowKey, Local};
-use super::device::{Dev, TxSide};
+use super::device::{Dev, TxSide, TX_BATCH};
+use super::neigh::{self, Neighbours};
 use super::stats::CoreStats;
-use crate::pmd::Queue;
+use super::tcp::cc::CcAlgorithm;
+use super::tcp::config::{Keepalive, TcpConfig};
+use super::tcp::conn::{Conn as Tcb, End, State, Transmit};
+use super::tcp::cookie::{self, CookieJar, Tuple};
+use super::tcp::segment::{Flags, Options, Segment, Timestamp};
+use super::tcp::{Instant as TcpInstant, Seq};
+use crate::pmd::{Frame, Queue};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::phy::DeviceCapabilities;
-use smoltcp::socket::{tcp, udp};
-use smoltcp::time::{Duration as SmolDuration, Instant};
-use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint};
+use smoltcp::socket::udp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, IpAddress, IpEndpoint, IpListenEndpoint};
 use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 /// Local ports for outgoing connections (Linux's default `ip_local_port_range`).
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 /// UDP socket buffers: datagrams and bytes queued each way.
 const UDP_SLOTS: usize = 256;
 const UDP_BYTES: usize = 256 * 1024;
+/// Ethernet + IPv4 header bytes in front of every TCP header we send.
+const L2L3: usize = 14 + 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
-    /// The ready listening socket of a port.
-    Listening(u16),
     /// Took a SYN on a listening port; not yet established.
     HalfOpen(u16),
     /// Established from a listener.
@@ -40,18 +49,11 @@ enum Role {
     Active,
 }
 
-/// What last touched a connection, to tell a reset from a timeout when it closes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cause {
-    Packet,
-    Timer,
-    App,
-}
-
 struct Conn {
-    set: SocketSet<'static>,
-    handle: SocketHandle,
-    key: Option<FlowKey>,
+    tcb: Tcb,
+    key: FlowKey,
+    /// Where frames for this connection go (the next hop's address); `None` until ARP answers.
+    mac: Option<EthernetAddress>,
     role: Role,
     /// `Accepted`/`Connected` was delivered.
     announced: bool,
@@ -64,18 +66,8 @@ struct Conn {
     end_told: bool,
     we_shut: bool,
     in_dirty: bool,
-    /// Data segments received since the connection was last serviced (ACK every second one).
-    segs_since_service: u8,
-    cause: Cause,
-    timer_at: Option<i64>,
-    nodelay: bool,
+    timer_at: Option<u64>,
     opts: Resolved,
-}
-
-impl Conn {
-    fn sock(&mut self) -> &mut tcp::Socket<'static> {
-        self.set.get_mut::<tcp::Socket>(self.handle)
-    }
 }
 
 struct Slot {
@@ -85,7 +77,7 @@ struct Slot {
 
 struct Listener {
     opts: Resolved,
-    ready: u32,
+    cfg: Arc<TcpConfig>,
     half_open: usize,
 }
 
@@ -104,6 +96,7 @@ pub struct ConnOptions {
     rmem: Option<usize>,
     wmem: Option<usize>,
     nodelay: Option<bool>,
+    cc: Option<CcAlgorithm>,
 }
 
 impl ConnOptions {
@@ -112,13 +105,13 @@ impl ConnOptions {
         Self::default()
     }
 
-    /// Receive buffer in bytes (4 KiB to 64 MiB; sets the advertised window).
+    /// Largest receive buffer in bytes (4 KiB to 64 MiB; autotuning grows the buffer up to it).
     pub fn rmem(mut self, bytes: usize) -> Self {
         self.rmem = Some(bytes);
         self
     }
 
-    /// Send buffer in bytes (4 KiB to 64 MiB).
+    /// Largest send buffer in bytes (4 KiB to 64 MiB).
     pub fn wmem(mut self, bytes: usize) -> Self {
         self.wmem = Some(bytes);
         self
@@ -129,34 +122,56 @@ impl ConnOptions {
         self.nodelay = Some(on);
         self
     }
+
+    /// Congestion control for this connection.
+    pub fn cc(mut self, algo: CcAlgorithm) -> Self {
+        self.cc = Some(algo);
+        self
+    }
 }
 
 /// [`ConnOptions`] with the defaults filled in.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Resolved {
     rmem: usize,
     wmem: usize,
     nodelay: bool,
+    cc: CcAlgorithm,
 }
 
 /// Numbers the engine needs per connection, taken from the [`Config`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ConnDefaults {
-    pub rmem: usize,
-    pub wmem: usize,
     pub backlog: usize,
-    pub nodelay: bool,
-    pub user_timeout: std::time::Duration,
+    pub syncookies: bool,
+    pub tcp: TcpConfig,
 }
 
-impl From<&Config> for ConnDefaults {
-    fn from(c: &Config) -> Self {
-        ConnDefaults {
-            rmem: c.rmem,
-            wmem: c.wmem,
-            backlog: c.backlog,
+impl ConnDefaults {
+    fn new(c: &Config, mtu: usize) -> Self {
+        let tcp = TcpConfig {
+            rmem_max: c.rmem,
+            rmem_initial: (128 << 10).min(c.rmem),
+            wmem_max: c.wmem,
+            wmem_initial: (64 << 10).min(c.wmem),
+            link_mss: (mtu.saturating_sub(40)).clamp(88, 65495) as u16,
+            mss_clamp: c.mss_clamp,
             nodelay: c.nodelay,
+            rto_min: c.rto_min,
+            rto_max: c.rto_max,
+            keepalive: c.keepalive.map(|idle| Keepalive {
+                idle,
+                ..Keepalive::default()
+            }),
             user_timeout: c.user_timeout,
+            cc: c.cc,
+            slow_start_after_idle: c.slow_start_after_idle,
+            ..TcpConfig::default()
+        };
+        ConnDefaults {
+            backlog: c.backlog,
+            syncookies: c.syncookies,
+            tcp,
         }
     }
 }
@@ -166,10 +181,12 @@ impl From<&Config> for ConnDefaults {
 pub struct Io {
     core: usize,
     now: Instant,
+    tnow: TcpInstant,
     iface: Interface,
     caps: DeviceCapabilities,
+    tx_checksum: bool,
     local: Local,
-    /// The set for frames that belong to no socket (ARP, ICMP, RST for closed ports).
+    /// The set for frames that belong to no socket (ARP, ICMP, UDP to closed ports).
     empty: SocketSet<'static>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
@@ -183,56 +200,95 @@ pub struct Io {
     /// Connections to look at again on the next loop iteration (transmit ring was full).
     again: Vec<u32>,
     arp_waiters: Vec<u32>,
-    timers: BinaryHeap<Reverse<(i64, u32, u32)>>,
+    neigh: Neighbours,
+    gateway: Option<Ipv4Addr>,
+    netmask: u32,
+    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) stats: CoreStats,
     defaults: ConnDefaults,
+    default_cfg: Arc<TcpConfig>,
+    cookies: CookieJar,
+    secret: RandomState,
+    ip_id: u16,
     next_port: u16,
     pub(crate) stopping: bool,
 }
 
-/// RFC 7323 timestamp clock: milliseconds since the first call, from a random start (as Linux
-/// offsets it), so timestamps are enabled when the peer offers them.
-fn tsval_ms() -> u32 {
-    use std::sync::OnceLock;
-    static EPOCH: OnceLock<(std::time::Instant, u32)> = OnceLock::new();
-    let (t0, offset) = EPOCH.get_or_init(|| {
-        (
-            std::time::Instant::now(),
-            crate::pmd::sys::random_u64() as u32,
-        )
-    });
-    (t0.elapsed().as_millis() as u32).wrapping_add(*offset)
-}
-
-fn to_tcp_state(s: tcp::State) -> TcpState {
-    use tcp::State as S;
+fn to_tcp_state(s: State) -> TcpState {
     match s {
-        S::Closed => TcpState::Closed,
-        S::Listen => TcpState::Listen,
-        S::SynSent => TcpState::SynSent,
-        S::SynReceived => TcpState::SynReceived,
-        S::Established => TcpState::Established,
-        S::FinWait1 => TcpState::FinWait1,
-        S::FinWait2 => TcpState::FinWait2,
-        S::CloseWait => TcpState::CloseWait,
-        S::Closing => TcpState::Closing,
-        S::LastAck => TcpState::LastAck,
-        S::TimeWait => TcpState::TimeWait,
+        State::Closed => TcpState::Closed,
+        State::SynSent => TcpState::SynSent,
+        State::SynReceived => TcpState::SynReceived,
+        State::Established => TcpState::Established,
+        State::FinWait1 => TcpState::FinWait1,
+        State::FinWait2 => TcpState::FinWait2,
+        State::CloseWait => TcpState::CloseWait,
+        State::Closing => TcpState::Closing,
+        State::LastAck => TcpState::LastAck,
+        State::TimeWait => TcpState::TimeWait,
     }
-}
-
-fn peer_fin_received(s: tcp::State) -> bool {
-    matches!(
-        s,
-        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
-    )
 }
 
 fn to_v4(ep: IpEndpoint) -> SocketAddrV4 {
     match ep.addr {
         IpAddress::Ipv4(a) => SocketAddrV4::new(a, ep.port),
     }
+}
+
+/// Internet checksum over `data`, folded, starting from `sum`.
+fn checksum(mut sum: u32, data: &[u8]) -> u16 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [b] = chunks.remainder() {
+        sum += (*b as u32) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Writes Ethernet + IPv4 headers in front of a TCP segment of `tcp_len` bytes already at
+/// `buf[L2L3..]`, and the TCP checksum unless the port does it. Returns the frame length.
+#[allow(clippy::too_many_arguments)]
+fn finish_frame(
+    buf: &mut [u8],
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    tcp_len: usize,
+    sw_checksum: bool,
+) -> usize {
+    buf[0..6].copy_from_slice(dst_mac.as_bytes());
+    buf[6..12].copy_from_slice(src_mac.as_bytes());
+    buf[12..14].copy_from_slice(&[0x08, 0x00]);
+    let total = (20 + tcp_len) as u16;
+    let ip = &mut buf[14..34];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..6].copy_from_slice(&id.to_be_bytes());
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // DF: path MTU discovery (RFC 1191)
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[10..12].fill(0);
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    if sw_checksum {
+        let c = checksum(0, &buf[14..34]);
+        buf[24..26].copy_from_slice(&c.to_be_bytes());
+        let s = u32::from(src);
+        let d = u32::from(dst);
+        let pseudo = (s >> 16) + (s & 0xffff) + (d >> 16) + (d & 0xffff) + 6 + tcp_len as u32;
+        let c = checksum(pseudo, &buf[L2L3..L2L3 + tcp_len]);
+        buf[L2L3 + 16..L2L3 + 18].copy_from_slice(&c.to_be_bytes());
+    }
+    L2L3 + tcp_len
 }
 
 impl Io {
@@ -245,7 +301,7 @@ impl Io {
         tx: &mut TxSide<Q::Frame>,
         now: Instant,
     ) -> Io {
-        use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+        use smoltcp::wire::{HardwareAddress, IpCidr};
         let port_caps = queue.caps();
         let caps = super::device::capabilities(&port_caps);
         let mut dev = Dev {
@@ -271,17 +327,20 @@ impl Io {
         };
         let broadcast = Ipv4Addr::from(u32::from(ip.addr) | mask);
         let port_span = (EPHEMERAL.end() - EPHEMERAL.start()) as u64;
+        let defaults = ConnDefaults::new(cfg, port_caps.mtu);
         Io {
             core,
             now,
+            tnow: TcpInstant::from_micros(now.total_micros().max(0) as u64),
             iface,
+            caps,
+            tx_checksum: !port_caps.tx_checksum_offload,
             local: Local {
                 mac: EthernetAddress(mac),
                 ip: ip.addr,
                 broadcast,
                 verify_checksums: !port_caps.rx_checksum_offload,
             },
-            caps,
             empty: SocketSet::new(Vec::new()),
             slots: Vec::new(),
             free_slots: Vec::new(),
@@ -294,10 +353,17 @@ impl Io {
             udp_dirty: Vec::with_capacity(64),
             again: Vec::with_capacity(64),
             arp_waiters: Vec::new(),
+            neigh: Neighbours::default(),
+            gateway: cfg.gateway,
+            netmask: !mask,
             timers: BinaryHeap::with_capacity(1024),
             events: VecDeque::with_capacity(1024),
             stats: CoreStats::default(),
-            defaults: ConnDefaults::from(cfg),
+            default_cfg: Arc::new(defaults.tcp.clone()),
+            defaults,
+            cookies: CookieJar::default(),
+            secret: RandomState::new(),
+            ip_id: seed as u16,
             next_port: EPHEMERAL.start() + (seed % port_span) as u16,
             stopping: false,
         }
@@ -321,7 +387,8 @@ impl Io {
     }
 
     /// Listens on TCP `port` on this core. SYNs to it are accepted while fewer than `backlog`
-    /// connections are half-open; each established one arrives as [`Event::Accepted`].
+    /// connections are half-open (then answered with SYN cookies); each established one arrives
+    /// as [`Event::Accepted`].
     pub fn listen(&mut self, port: u16) -> Result<ListenerId, Error> {
         self.listen_with(port, ConnOptions::default())
     }
@@ -335,12 +402,12 @@ impl Io {
             return Err(Error::AddrInUse);
         }
         let opts = self.resolve(opts)?;
-        let ready = self.new_listening(port, opts)?;
+        let cfg = self.tcp_config(&opts);
         self.listeners.insert(
             port,
             Listener {
                 opts,
-                ready,
+                cfg,
                 half_open: 0,
             },
         );
@@ -349,9 +416,7 @@ impl Io {
 
     /// Stops listening. Connections already accepted or half-open are not affected.
     pub fn unlisten(&mut self, listener: ListenerId) {
-        if let Some(l) = self.listeners.remove(&listener.0) {
-            self.release(l.ready);
-        }
+        self.listeners.remove(&listener.0);
     }
 
     /// Opens a TCP connection to `remote`; [`Event::Connected`] or [`Event::Error`] follows.
@@ -392,15 +457,17 @@ impl Io {
         if !found {
             return Err(Error::NoFreePort);
         }
-        let mut sock = self.new_socket(&opts);
-        let ep = IpEndpoint::new(IpAddress::Ipv4(*remote.ip()), remote.port());
-        sock.connect(self.iface.context(), ep, key.local_port)
-            .map_err(|_| Error::InvalidArgument("remote address"))?;
-        let idx = self.insert(sock, Some(key), Role::Active, opts);
+        let cfg = self.tcp_config(&opts);
+        let local = SocketAddrV4::new(self.local.ip, key.local_port);
+        let (iss, ts_offset) = self.isn(&key);
+        let tcb = Tcb::connect(cfg, self.tnow, local, remote, iss, ts_offset);
+        let hop = self.next_hop(*remote.ip());
+        let mac = self.neigh.lookup(hop, self.now.total_micros());
+        let idx = self.insert(tcb, key, mac, Role::Active, opts);
         self.flows.insert(key, idx);
         let c = self.conn_mut(idx).expect("just inserted");
         c.owned = true;
-        self.mark_dirty(idx, Cause::App);
+        self.mark_dirty(idx);
         Ok(self.id(idx))
     }
 
@@ -408,27 +475,29 @@ impl Io {
     /// [`Error::WouldBlock`] means nothing is there yet ([`Event::Readable`] follows).
     pub fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> Result<usize, Error> {
         let idx = self.owned(conn)?;
+        let now = self.tnow;
         let c = self.conn_mut(idx).expect("owned");
-        let r = c.sock().recv_slice(buf);
-        match r {
-            Ok(0) if !buf.is_empty() => {
+        let n = c.tcb.recv(now, buf);
+        if n > 0 {
+            // A read may open the window enough for an update.
+            if c.tcb.wants_transmit() {
+                self.mark_dirty(idx);
+            }
+            return Ok(n);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if c.tcb.fin_received() {
+            return Ok(0);
+        }
+        match c.tcb.state() {
+            State::Closed | State::TimeWait if c.tcb.end() != Some(End::Normal) => {
+                Err(Error::NotConnected)
+            }
+            _ => {
                 c.read_armed = true;
                 Err(Error::WouldBlock)
-            }
-            Ok(n) => {
-                self.mark_dirty(idx, Cause::App);
-                Ok(n)
-            }
-            Err(tcp::RecvError::Finished) => Ok(0),
-            Err(tcp::RecvError::InvalidState) => {
-                if c.sock().state() == tcp::State::SynSent
-                    || c.sock().state() == tcp::State::SynReceived
-                {
-                    c.read_armed = true;
-                    Err(Error::WouldBlock)
-                } else {
-                    Err(Error::NotConnected)
-                }
             }
         }
     }
@@ -441,24 +510,23 @@ impl Io {
         if c.we_shut {
             return Err(Error::WriteClosed);
         }
-        let s = c.sock();
-        if !s.may_send() {
-            return Err(match s.state() {
-                tcp::State::SynSent | tcp::State::SynReceived => {
+        if !c.tcb.may_send() {
+            return Err(match c.tcb.state() {
+                State::SynSent | State::SynReceived => {
                     c.write_armed = true;
                     Error::WouldBlock
                 }
                 _ => Error::NotConnected,
             });
         }
-        let n = s.send_slice(data).map_err(|_| Error::NotConnected)?;
+        let n = c.tcb.send(data);
         if n < data.len() {
             c.write_armed = true;
         }
         if n == 0 && !data.is_empty() {
             return Err(Error::WouldBlock);
         }
-        self.mark_dirty(idx, Cause::App);
+        self.mark_dirty(idx);
         Ok(n)
     }
 
@@ -468,12 +536,7 @@ impl Io {
             return 0;
         };
         let c = self.conn_mut(idx).expect("owned");
-        let s = c.sock();
-        let space = if s.may_send() {
-            s.send_capacity() - s.send_queue()
-        } else {
-            0
-        };
+        let space = c.tcb.send_space();
         if space == 0 {
             c.write_armed = true;
         }
@@ -483,7 +546,7 @@ impl Io {
     /// Bytes received and not yet read.
     pub fn read_available(&mut self, conn: ConnId) -> usize {
         match self.owned(conn) {
-            Ok(idx) => self.conn_mut(idx).expect("owned").sock().recv_queue(),
+            Ok(idx) => self.conn_mut(idx).expect("owned").tcb.recv_available(),
             Err(_) => 0,
         }
     }
@@ -491,11 +554,12 @@ impl Io {
     /// Closes the sending direction: FIN goes out after the queued data. Reading goes on.
     pub fn shutdown(&mut self, conn: ConnId) -> Result<(), Error> {
         let idx = self.owned(conn)?;
+        let now = self.tnow;
         let c = self.conn_mut(idx).expect("owned");
         if !c.we_shut {
             c.we_shut = true;
-            c.sock().close();
-            self.mark_dirty(idx, Cause::App);
+            c.tcb.shutdown(now);
+            self.mark_dirty(idx);
         }
         Ok(())
     }
@@ -504,16 +568,17 @@ impl Io {
     /// background; if received data was left unread, the peer gets a reset instead (as Linux does).
     pub fn close(&mut self, conn: ConnId) -> Result<(), Error> {
         let idx = self.owned(conn)?;
+        let now = self.tnow;
         let c = self.conn_mut(idx).expect("owned");
         c.owned = false;
         c.we_shut = true;
-        let s = c.sock();
-        if s.recv_queue() > 0 {
-            s.abort();
+        if c.tcb.recv_available() > 0 {
+            c.tcb.abort();
         } else {
-            s.close();
+            c.tcb.shutdown(now);
+            c.tcb.orphan(now);
         }
-        self.mark_dirty(idx, Cause::App);
+        self.mark_dirty(idx);
         Ok(())
     }
 
@@ -522,8 +587,8 @@ impl Io {
         let idx = self.owned(conn)?;
         let c = self.conn_mut(idx).expect("owned");
         c.owned = false;
-        c.sock().abort();
-        self.mark_dirty(idx, Cause::App);
+        c.tcb.abort();
+        self.mark_dirty(idx);
         Ok(())
     }
 
@@ -531,34 +596,78 @@ impl Io {
     pub fn set_nodelay(&mut self, conn: ConnId, nodelay: bool) -> Result<(), Error> {
         let idx = self.owned(conn)?;
         let c = self.conn_mut(idx).expect("owned");
-        c.nodelay = nodelay;
-        c.sock().set_nagle_enabled(!nodelay);
+        c.tcb.set_nodelay(nodelay);
+        self.mark_dirty(idx);
         Ok(())
     }
 
-    /// A snapshot of the connection's state and queues.
+    /// Cork mode (like `TCP_CORK`): partial segments wait until uncorked, at most 200 ms.
+    pub fn set_cork(&mut self, conn: ConnId, on: bool) -> Result<(), Error> {
+        let idx = self.owned(conn)?;
+        let now = self.tnow;
+        let c = self.conn_mut(idx).expect("owned");
+        c.tcb.set_cork(on, now);
+        self.mark_dirty(idx);
+        Ok(())
+    }
+
+    /// A snapshot of the connection's state, queues and TCP counters.
     pub fn info(&mut self, conn: ConnId) -> Option<ConnInfo> {
         let idx = self.owned(conn).ok()?;
-        let local_ip = self.local.ip;
+        let now = self.tnow;
         let c = self.conn_mut(idx)?;
-        let (rmem, wmem, nodelay) = (c.opts.rmem, c.opts.wmem, c.nodelay);
-        let s = c.sock();
+        let (rmem, wmem) = (c.opts.rmem, c.opts.wmem);
         Some(ConnInfo {
-            state: to_tcp_state(s.state()),
-            local: s
-                .local_endpoint()
-                .map(to_v4)
-                .unwrap_or(SocketAddrV4::new(local_ip, 0)),
-            remote: s
-                .remote_endpoint()
-                .map(to_v4)
-                .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            recv_queue: s.recv_queue(),
-            send_queue: s.send_queue(),
+            state: to_tcp_state(c.tcb.state()),
+            local: c.tcb.local,
+            remote: c.tcb.remote,
+            recv_queue: c.tcb.recv_available(),
+            send_queue: c.tcb.send_queued(),
             rmem,
             wmem,
-            nodelay,
+            nodelay: c.tcb.nodelay(),
+            cc: c.tcb.congestion_control().name(),
+            cc_state: c.tcb.congestion_control().state(),
+            tcp: c.tcb.info(now),
         })
+    }
+
+    /// Every live connection of this core with its info (for `longhaul stat`), including those
+    /// the app no longer holds (closing, TIME-WAIT).
+    pub fn all_info(&self) -> Vec<ConnInfo> {
+        let now = self.tnow;
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(|c| ConnInfo {
+                state: to_tcp_state(c.tcb.state()),
+                local: c.tcb.local,
+                remote: c.tcb.remote,
+                recv_queue: c.tcb.recv_available(),
+                send_queue: c.tcb.send_queued(),
+                rmem: c.opts.rmem,
+                wmem: c.opts.wmem,
+                nodelay: c.tcb.nodelay(),
+                cc: c.tcb.congestion_control().name(),
+                cc_state: c.tcb.congestion_control().state(),
+                tcp: c.tcb.info(now),
+            })
+            .collect()
+    }
+
+    /// Bytes of state the TCP connections of this core hold (structures and buffers; for the
+    /// idle-connection memory test).
+    pub fn tcp_memory(&self) -> usize {
+        let per = std::mem::size_of::<Slot>();
+        let bufs: usize = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(|c| c.tcb.buffer_memory() + c.tcb.congestion_control_size())
+            .sum();
+        let map = self.flows.capacity()
+            * (std::mem::size_of::<FlowKey>() + std::mem::size_of::<u32>() + 8);
+        self.slots.capacity() * per + bufs + map
     }
 
     /// Binds a UDP socket to `port` on this core.
@@ -645,16 +754,17 @@ impl Io {
 
     pub(crate) fn set_now(&mut self, now: Instant) {
         self.now = now;
+        self.tnow = TcpInstant::from_micros(now.total_micros().max(0) as u64);
     }
 
-    /// Live TCP connections (all states, listening sockets included).
+    /// Live TCP connections (all states).
     pub(crate) fn live_conns(&self) -> usize {
         self.slots.len() - self.free_slots.len()
     }
 
-    /// True when nothing is left but listening sockets (used to end the stop drain early).
+    /// True when no connection is left (used to end the stop drain early).
     pub(crate) fn only_listeners_left(&self) -> bool {
-        self.live_conns() == self.listeners.len()
+        self.live_conns() == 0
     }
 
     /// Processes one received frame. Returns true when it was ARP (so other cores see it too).
@@ -667,12 +777,6 @@ impl Io {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         let class = demux::classify(frame, &self.local);
-        let mut dev = Dev {
-            queue,
-            tx,
-            rx: Some(frame),
-            caps: self.caps.clone(),
-        };
         let now = self.now;
         match class {
             Class::Drop(reason) => {
@@ -686,19 +790,30 @@ impl Io {
                 false
             }
             Class::Arp => {
+                let mut dev = self.dev(queue, tx, Some(frame));
                 self.iface
                     .poll_ingress_single(now, &mut dev, &mut self.empty);
-                for idx in std::mem::take(&mut self.arp_waiters) {
-                    self.mark_dirty(idx, Cause::Packet);
+                if self.neigh.learn_arp(frame, now.total_micros()).is_some() {
+                    for idx in std::mem::take(&mut self.arp_waiters) {
+                        self.mark_dirty(idx);
+                    }
                 }
                 true
             }
             Class::OtherIp => {
+                self.icmp_to_tcp(frame);
+                let mut dev = self.dev(queue, tx, Some(frame));
                 self.iface
                     .poll_ingress_single(now, &mut dev, &mut self.empty);
                 false
             }
             Class::Udp { local_port } => {
+                let mut dev = Dev {
+                    queue,
+                    tx,
+                    rx: Some(frame),
+                    caps: self.caps.clone(),
+                };
                 match self.udp_ports.get(&local_port) {
                     Some(&i) => {
                         let u = self.udps[i as usize].as_mut().expect("udp port map");
@@ -721,87 +836,373 @@ impl Io {
                 syn_only,
                 has_data,
             } => {
-                if let Some(&idx) = self.flows.get(&key) {
-                    let c = self.slots[idx as usize].conn.as_mut().expect("flow map");
-                    let reincarnation = syn_only
-                        && !c.owned
-                        && c.sock().state() == tcp::State::TimeWait
-                        && self.listeners.contains_key(&key.local_port);
-                    if reincarnation {
-                        //= rfc9293#section-3.10.7.4
-                        // A new SYN for a connection in TIME-WAIT starts a new incarnation (as
-                        // Linux does, RFC 6191): the old state goes and the listener takes the SYN.
-                        self.release(idx);
-                    } else {
-                        self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
-                        c.segs_since_service += has_data as u8;
-                        // Like epoll's edge-triggered mode: new data (or FIN) is a new edge,
-                        // whether or not the app drained what came before.
-                        c.read_armed |= has_data;
-                        let ack_now = c.segs_since_service >= 2;
-                        let Dev { queue, tx, .. } = dev;
-                        if ack_now {
-                            //= rfc9293#section-3.8.6.3
-                            // An ACK SHOULD go out for at least every second full-sized segment:
-                            // do not wait for the end of the burst (smoltcp forces it on the
-                            // second segment). Servicing clears `in_dirty`, so an entry already
-                            // on the dirty list is skipped there.
-                            c.cause = Cause::Packet;
-                            self.service(idx, queue, tx);
-                        } else {
-                            self.mark_dirty(idx, Cause::Packet);
-                        }
-                        return false;
-                    }
-                }
-                let listener = if syn_only && !self.stopping {
-                    self.listeners.get(&key.local_port)
-                } else {
-                    None
-                };
-                let Some(l) = listener else {
-                    self.stats.no_socket += 1;
-                    self.iface
-                        .poll_ingress_single(now, &mut dev, &mut self.empty);
-                    return false;
-                };
-                if l.half_open >= self.defaults.backlog {
-                    // Like Linux without SYN cookies: drop and let the peer retransmit.
-                    self.stats.drop_syn_backlog += 1;
-                    return false;
-                }
-                let idx = l.ready;
-                let c = self.slots[idx as usize]
-                    .conn
-                    .as_mut()
-                    .expect("listener slot");
-                self.iface.poll_ingress_single(now, &mut dev, &mut c.set);
-                if c.sock().state() == tcp::State::SynReceived {
-                    c.key = Some(key);
-                    c.role = Role::HalfOpen(key.local_port);
-                    self.stats.conns_current += 1;
-                    self.flows.insert(key, idx);
-                    self.mark_dirty(idx, Cause::Packet);
-                    let opts = self.listeners[&key.local_port].opts;
-                    let fresh = self.new_listening(key.local_port, opts);
-                    let l = self.listeners.get_mut(&key.local_port).expect("listener");
-                    l.half_open += 1;
-                    match fresh {
-                        Ok(r) => l.ready = r,
-                        Err(_) => {
-                            // Cannot happen (listening on a port we own); stop listening rather than panic.
-                            self.listeners.remove(&key.local_port);
-                        }
-                    }
-                }
+                self.tcp_ingress(frame, key, syn_only, has_data, queue, tx);
                 false
             }
         }
     }
 
-    /// Marks connections whose timers are due as dirty.
+    fn dev<'a, Q: Queue>(
+        &self,
+        queue: &'a mut Q,
+        tx: &'a mut TxSide<Q::Frame>,
+        rx: Option<&'a [u8]>,
+    ) -> Dev<'a, Q> {
+        Dev {
+            queue,
+            tx,
+            rx,
+            caps: self.caps.clone(),
+        }
+    }
+
+    fn tcp_ingress<Q: Queue>(
+        &mut self,
+        frame: &[u8],
+        key: FlowKey,
+        syn_only: bool,
+        has_data: bool,
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) {
+        // demux checked the lengths: Ethernet, IPv4 header and total length all fit.
+        let ip = &frame[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        let total = (u16::from_be_bytes([ip[2], ip[3]]) as usize).min(ip.len());
+        let tcp = &ip[ihl..total];
+        let Ok((seg, hlen)) = Segment::parse(tcp) else {
+            self.stats.drop_malformed += 1;
+            return;
+        };
+        let payload = &tcp[hlen..];
+        let src_mac = EthernetAddress::from_bytes(&frame[6..12]);
+        let now = self.tnow;
+        if self.on_link(key.remote_ip) {
+            self.neigh
+                .learn(key.remote_ip, src_mac, self.now.total_micros());
+        }
+
+        if let Some(&idx) = self.flows.get(&key) {
+            let listening = self.listeners.contains_key(&key.local_port);
+            let c = self.slots[idx as usize].conn.as_mut().expect("flow map");
+            //= rfc9293#section-3.10.7.4
+            // A new SYN for a connection in TIME-WAIT starts a new incarnation when its sequence
+            // number is above the old one's (as Linux does, RFC 6191): the listener takes it.
+            let reincarnation = syn_only
+                && listening
+                && !c.owned
+                && c.tcb.state() == State::TimeWait
+                && seg.seq.gt(c.tcb.rcv_nxt());
+            if !reincarnation {
+                c.mac = Some(src_mac);
+                c.tcb.handle_segment(now, &seg, payload);
+                // Like epoll's edge-triggered mode: new data (or FIN) is a new edge.
+                c.read_armed |= has_data;
+                if c.tcb.ack_due() && has_data {
+                    //= rfc9293#section-3.8.6.3
+                    // The ACK for every second segment goes out now, not at the end of the burst.
+                    self.service(idx, queue, tx);
+                } else {
+                    self.mark_dirty(idx);
+                }
+                return;
+            }
+            self.release(idx);
+        }
+
+        let listening = !self.stopping && self.listeners.contains_key(&key.local_port);
+        if listening && syn_only {
+            self.on_syn(key, &seg, src_mac, queue, tx);
+            return;
+        }
+        if listening && seg.flags.ack && !seg.flags.syn && !seg.flags.rst {
+            if let Some(idx) = self.cookie_ack(key, &seg, src_mac) {
+                let c = self.slots[idx as usize].conn.as_mut().expect("inserted");
+                c.tcb.handle_segment(now, &seg, payload);
+                c.read_armed |= has_data;
+                self.mark_dirty(idx);
+                return;
+            }
+        }
+        self.stats.no_socket += 1;
+        self.reply_rst(key, &seg, src_mac, queue, tx);
+    }
+
+    /// A SYN for a listening port: a half-open connection, or a SYN cookie when the SYN queue
+    /// is full.
+    fn on_syn<Q: Queue>(
+        &mut self,
+        key: FlowKey,
+        seg: &Segment,
+        src_mac: EthernetAddress,
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) {
+        let l = &self.listeners[&key.local_port];
+        let (cfg, opts) = (l.cfg.clone(), l.opts);
+        if l.half_open >= self.defaults.backlog {
+            if !self.defaults.syncookies {
+                // Like Linux without SYN cookies: drop and let the peer retransmit.
+                self.stats.drop_syn_backlog += 1;
+                return;
+            }
+            self.send_cookie(key, seg, src_mac, &cfg, queue, tx);
+            return;
+        }
+        let local = SocketAddrV4::new(self.local.ip, key.local_port);
+        let remote = SocketAddrV4::new(key.remote_ip, key.remote_port);
+        let (iss, ts_offset) = self.isn(&key);
+        let tcb = Tcb::accept(cfg, self.tnow, local, remote, seg, iss, ts_offset);
+        let idx = self.insert(
+            tcb,
+            key,
+            Some(src_mac),
+            Role::HalfOpen(key.local_port),
+            opts,
+        );
+        self.flows.insert(key, idx);
+        if let Some(l) = self.listeners.get_mut(&key.local_port) {
+            l.half_open += 1;
+        }
+        self.mark_dirty(idx);
+    }
+
+    fn cookie_tuple(&self, key: &FlowKey) -> Tuple {
+        Tuple {
+            local_ip: u32::from(self.local.ip),
+            local_port: key.local_port,
+            remote_ip: u32::from(key.remote_ip),
+            remote_port: key.remote_port,
+        }
+    }
+
+    /// Answers a SYN statelessly with a SYN cookie.
+    fn send_cookie<Q: Queue>(
+        &mut self,
+        key: FlowKey,
+        syn: &Segment,
+        src_mac: EthernetAddress,
+        cfg: &TcpConfig,
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) {
+        let secs = self.tnow.as_millis() / 1000;
+        let tuple = self.cookie_tuple(&key);
+        let (isn, mss) = self
+            .cookies
+            .make(&tuple, syn.seq, syn.opts.mss.unwrap_or(536), secs);
+        let (_, ts_offset) = self.isn(&key);
+        let mut opts = Options {
+            mss: Some(mss.min(cfg.advertised_mss())),
+            ..Options::default()
+        };
+        if let (Some(ts), true) = (syn.opts.timestamp, cfg.timestamps) {
+            // Window scale and SACK only survive inside the timestamp.
+            let ws = syn
+                .opts
+                .wscale
+                .filter(|_| cfg.window_scaling)
+                .map(|_| cfg.rcv_wscale());
+            let sack = syn.opts.sack_permitted && cfg.sack;
+            let now_ts = (self.tnow.as_millis() as u32).wrapping_add(ts_offset);
+            opts.timestamp = Some(Timestamp {
+                val: cookie::encode_timestamp(now_ts, ws, sack),
+                ecr: ts.val,
+            });
+            opts.wscale = ws;
+            opts.sack_permitted = sack;
+        }
+        let seg = Segment {
+            src_port: key.local_port,
+            dst_port: key.remote_port,
+            seq: isn,
+            ack: syn.seq + 1,
+            flags: Flags {
+                syn: true,
+                ack: true,
+                ..Flags::default()
+            },
+            window: cfg.rmem_initial.min(65535) as u16,
+            opts,
+            len: 0,
+        };
+        self.stats.syncookies_sent += 1;
+        self.send_stateless(key.remote_ip, src_mac, &seg, queue, tx);
+    }
+
+    /// An ACK that may complete a SYN-cookie handshake: a connection when the cookie is good.
+    fn cookie_ack(&mut self, key: FlowKey, seg: &Segment, src_mac: EthernetAddress) -> Option<u32> {
+        if !self.defaults.syncookies || self.stats.syncookies_sent == 0 {
+            return None;
+        }
+        let secs = self.tnow.as_millis() / 1000;
+        let tuple = self.cookie_tuple(&key);
+        let Some(mss) = self.cookies.check(&tuple, seg.seq, seg.ack, secs) else {
+            self.stats.syncookies_failed += 1;
+            return None;
+        };
+        self.stats.syncookies_ok += 1;
+        let l = &self.listeners[&key.local_port];
+        let (cfg, opts) = (l.cfg.clone(), l.opts);
+        let syn_opts = cookie::restored_options(mss, seg.opts.timestamp);
+        let local = SocketAddrV4::new(self.local.ip, key.local_port);
+        let remote = SocketAddrV4::new(key.remote_ip, key.remote_port);
+        let (_, ts_offset) = self.isn(&key);
+        let iss = seg.ack + u32::MAX;
+        let tcb = Tcb::from_cookie(cfg, self.tnow, local, remote, seg, syn_opts, iss, ts_offset);
+        let idx = self.insert(
+            tcb,
+            key,
+            Some(src_mac),
+            Role::HalfOpen(key.local_port),
+            opts,
+        );
+        self.flows.insert(key, idx);
+        if let Some(l) = self.listeners.get_mut(&key.local_port) {
+            l.half_open += 1;
+        }
+        Some(idx)
+    }
+
+    /// RFC 9293 §3.10.7.1: a segment for no connection gets a reset (never a reset for a reset).
+    fn reply_rst<Q: Queue>(
+        &mut self,
+        key: FlowKey,
+        seg: &Segment,
+        src_mac: EthernetAddress,
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) {
+        if seg.flags.rst {
+            return;
+        }
+        let mut rst = Segment {
+            src_port: key.local_port,
+            dst_port: key.remote_port,
+            ..Segment::default()
+        };
+        if seg.flags.ack {
+            rst.seq = seg.ack;
+            rst.flags.rst = true;
+        } else {
+            rst.seq = Seq(0);
+            rst.ack = seg.seq + seg.seq_len();
+            rst.flags = Flags {
+                rst: true,
+                ack: true,
+                ..Flags::default()
+            };
+        }
+        self.stats.tcp_rst_sent += 1;
+        self.send_stateless(key.remote_ip, src_mac, &rst, queue, tx);
+    }
+
+    /// Sends a segment with no payload that belongs to no connection.
+    fn send_stateless<Q: Queue>(
+        &mut self,
+        dst: Ipv4Addr,
+        dst_mac: EthernetAddress,
+        seg: &Segment,
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) {
+        let Some(mut frame) = self.tx_frame(queue, tx) else {
+            return;
+        };
+        frame.set_len(frame.capacity());
+        let buf = frame.data_mut();
+        let hlen = seg.emit(&mut buf[L2L3..]);
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let len = finish_frame(
+            buf,
+            self.local.mac,
+            dst_mac,
+            self.local.ip,
+            dst,
+            self.ip_id,
+            hlen,
+            self.tx_checksum,
+        );
+        frame.set_len(len);
+        tx.frames += 1;
+        tx.bytes += len as u64;
+        tx.batch.push(frame);
+    }
+
+    /// A transmit buffer with room in the batch, or `None` when the port is full for now.
+    fn tx_frame<Q: Queue>(&mut self, queue: &mut Q, tx: &mut TxSide<Q::Frame>) -> Option<Q::Frame> {
+        if tx.batch.len() >= TX_BATCH {
+            tx.flush(queue);
+            if tx.batch.len() >= TX_BATCH {
+                tx.ring_full += 1;
+                return None;
+            }
+        }
+        let f = queue.alloc_tx();
+        if f.is_none() {
+            tx.ring_full += 1;
+        }
+        f
+    }
+
+    /// ICMP errors about our TCP segments (RFC 1122 §4.2.3.9, RFC 1191): frag-needed lowers the
+    /// connection's MSS; unreachable fails a connect. Checked against the connection's sequence
+    /// space (RFC 5927), so a forged message for another range is ignored.
+    fn icmp_to_tcp(&mut self, frame: &[u8]) {
+        let ip = &frame[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        if ip.len() < ihl + 8 + 20 + 8 || ip[9] != 1 {
+            return;
+        }
+        let icmp = &ip[ihl..];
+        let (ty, code) = (icmp[0], icmp[1]);
+        if ty != 3 {
+            return;
+        }
+        let inner = &icmp[8..];
+        let ihl2 = ((inner[0] & 0x0f) as usize) * 4;
+        if inner[9] != 6 || inner.len() < ihl2 + 8 || inner[12..16] != self.local.ip.octets() {
+            return;
+        }
+        let th = &inner[ihl2..];
+        let key = FlowKey {
+            remote_ip: Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]),
+            remote_port: u16::from_be_bytes([th[2], th[3]]),
+            local_port: u16::from_be_bytes([th[0], th[1]]),
+        };
+        let seq = Seq(u32::from_be_bytes([th[4], th[5], th[6], th[7]]));
+        let Some(&idx) = self.flows.get(&key) else {
+            self.stats.icmp_ignored += 1;
+            return;
+        };
+        let c = self.slots[idx as usize].conn.as_mut().expect("flow map");
+        let used = if code == 4 {
+            let mtu = u16::from_be_bytes([icmp[6], icmp[7]]);
+            // RFC 1191 §7: an old router sends 0; use the next lower plateau under what was sent.
+            let mtu = if mtu < 68 {
+                let sent = u16::from_be_bytes([inner[2], inner[3]]);
+                [1492u16, 1006, 508, 296, 68]
+                    .into_iter()
+                    .find(|&p| p < sent)
+                    .unwrap_or(68)
+            } else {
+                mtu
+            };
+            c.tcb.handle_frag_needed(seq, mtu)
+        } else {
+            c.tcb.handle_unreachable(seq)
+        };
+        if used {
+            self.stats.icmp_to_tcp += 1;
+            self.mark_dirty(idx);
+        } else {
+            self.stats.icmp_ignored += 1;
+        }
+    }
+
+    /// Marks connections whose timers are due as dirty (and runs their timers).
     pub(crate) fn expire_timers(&mut self) {
-        let now = self.now.total_micros();
+        let now = self.tnow.as_nanos();
         while let Some(&Reverse((at, idx, gen))) = self.timers.peek() {
             if at > now {
                 break;
@@ -814,7 +1215,8 @@ impl Io {
             if let Some(c) = slot.conn.as_mut() {
                 if c.timer_at == Some(at) {
                     c.timer_at = None;
-                    self.mark_dirty(idx, Cause::Timer);
+                    c.tcb.handle_timeout(self.tnow);
+                    self.mark_dirty(idx);
                 }
             }
         }
@@ -824,7 +1226,7 @@ impl Io {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.timers
             .peek()
-            .map(|Reverse((at, _, _))| Instant::from_micros(*at))
+            .map(|Reverse((at, _, _))| Instant::from_micros((*at / 1000) as i64 + 1))
     }
 
     /// True when there is work that does not wait for a packet or a timer.
@@ -842,7 +1244,7 @@ impl Io {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 c.in_dirty = false;
             }
-            self.mark_dirty(idx, Cause::App);
+            self.mark_dirty(idx);
         }
         let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
         for &idx in &dirty {
@@ -877,40 +1279,23 @@ impl Io {
         }
     }
 
+    /// Transmits what connection `idx` has to send, raises its events, re-arms its timer and
+    /// releases it when it is done.
     fn service<Q: Queue>(&mut self, idx: u32, queue: &mut Q, tx: &mut TxSide<Q::Frame>) {
-        let now = self.now;
+        let now = self.tnow;
         let id = self.id(idx);
         let gen = id.gen;
+        if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+            c.in_dirty = false;
+        } else {
+            return;
+        }
+        self.transmit(idx, queue, tx);
         let Some(c) = self.slots[idx as usize].conn.as_mut() else {
             return;
         };
-        c.in_dirty = false;
-        c.segs_since_service = 0;
-        tx.arp_sent = false;
-        let mut dev = Dev {
-            queue,
-            tx,
-            rx: None,
-            caps: self.caps.clone(),
-        };
-        while let smoltcp::iface::PollResult::SocketStateChanged =
-            self.iface.poll_egress(now, &mut dev, &mut c.set)
-        {}
-        if dev.tx.arp_sent {
-            self.arp_waiters.push(idx);
-        }
-        let next = self.iface.poll_at(now, &c.set);
-
-        let s = c.set.get::<tcp::Socket>(c.handle);
-        let state = s.state();
-        if let Role::Listening(_) = c.role {
-            return;
-        }
-        let synced = !matches!(
-            state,
-            tcp::State::Closed | tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived
-        );
-        if !c.announced && synced {
+        let state = c.tcb.state();
+        if !c.announced && state.synchronized() {
             c.announced = true;
             self.stats.conns_opened += 1;
             match c.role {
@@ -926,59 +1311,50 @@ impl Io {
                             conn: id,
                         });
                     } else {
-                        c.set.get_mut::<tcp::Socket>(c.handle).abort();
+                        c.tcb.abort();
+                        self.transmit(idx, queue, tx);
                     }
                 }
                 _ => self.events.push_back(Event::Connected(id)),
             }
         }
-        let s = c.set.get::<tcp::Socket>(c.handle);
+        let Some(c) = self.slots[idx as usize].conn.as_mut() else {
+            return;
+        };
         if c.owned && c.announced {
-            if c.read_armed && (s.can_recv() || !s.may_recv()) {
+            if c.read_armed && (c.tcb.recv_available() > 0 || c.tcb.fin_received()) {
                 c.read_armed = false;
                 self.events.push_back(Event::Readable(id));
             }
-            if !c.peer_fin_told && peer_fin_received(state) {
+            if !c.peer_fin_told && c.tcb.fin_received() {
                 c.peer_fin_told = true;
                 self.events.push_back(Event::PeerClosed(id));
             }
-            if c.write_armed && s.may_send() && s.send_capacity() > s.send_queue() {
+            if c.write_armed && c.tcb.send_space() > 0 {
                 c.write_armed = false;
                 self.events.push_back(Event::Writable(id));
             }
         }
-        let ended = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
+        let ended = matches!(state, State::Closed | State::TimeWait);
         if ended && c.owned && !c.end_told {
             // The handle stays valid (buffered data can still be read) until the app has seen
             // this event; the core loop then calls `end_delivered`.
             c.end_told = true;
-            let normal = state == tcp::State::TimeWait || (c.we_shut && c.peer_fin_told);
-            let ev = if !c.announced {
-                self.stats.conns_failed += 1;
-                Event::Error(
-                    id,
-                    if c.cause == Cause::Timer {
-                        ConnError::TimedOut
-                    } else {
-                        ConnError::Refused
-                    },
-                )
-            } else if normal {
-                Event::Closed(id)
-            } else {
-                self.stats.conns_failed += 1;
-                Event::Error(
-                    id,
-                    if c.cause == Cause::Timer {
-                        ConnError::TimedOut
-                    } else {
-                        ConnError::Reset
-                    },
-                )
+            let end = c.tcb.end().unwrap_or(End::Normal);
+            let ev = match (c.announced, end) {
+                (_, End::Normal) if c.announced => Event::Closed(id),
+                (false, End::TimedOut) => Event::Error(id, ConnError::TimedOut),
+                (false, _) => Event::Error(id, ConnError::Refused),
+                (true, End::TimedOut) => Event::Error(id, ConnError::TimedOut),
+                (true, End::Refused) => Event::Error(id, ConnError::Refused),
+                (true, _) => Event::Error(id, ConnError::Reset),
             };
+            if !matches!(ev, Event::Closed(_)) {
+                self.stats.conns_failed += 1;
+            }
             self.events.push_back(ev);
         }
-        if state == tcp::State::Closed && !c.owned {
+        if state == State::Closed && !c.owned {
             if let Role::HalfOpen(port) = c.role {
                 if let Some(l) = self.listeners.get_mut(&port) {
                     l.half_open = l.half_open.saturating_sub(1);
@@ -987,21 +1363,140 @@ impl Io {
             self.release(idx);
             return;
         }
-        match next {
-            Some(t) if t <= now => {
-                // Still wants to send: the ring is full. Try again on the next loop iteration.
-                self.again.push(idx);
-                c.in_dirty = true;
-            }
+        match c.tcb.poll_timeout() {
             Some(t) => {
-                let at = t.total_micros();
+                let at = t.as_nanos();
                 if c.timer_at.is_none_or(|cur| at < cur) {
                     c.timer_at = Some(at);
                     self.timers.push(Reverse((at, idx, gen)));
                 }
             }
-            None => {}
+            None => c.timer_at = None,
         }
+        let _ = now;
+    }
+
+    /// Builds and queues the connection's segments until it has nothing more or the port is full.
+    fn transmit<Q: Queue>(&mut self, idx: u32, queue: &mut Q, tx: &mut TxSide<Q::Frame>) {
+        let now = self.tnow;
+        loop {
+            let Some(c) = self.slots[idx as usize].conn.as_mut() else {
+                return;
+            };
+            if !c.tcb.wants_transmit() {
+                return;
+            }
+            let dst = c.key.remote_ip;
+            let Some(dst_mac) = c.mac else {
+                self.resolve_hop(idx, dst, queue, tx);
+                return;
+            };
+            let Some(mut frame) = self.tx_frame(queue, tx) else {
+                if !self.again.contains(&idx) {
+                    self.again.push(idx);
+                }
+                if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+                    c.in_dirty = true;
+                }
+                return;
+            };
+            let c = self.slots[idx as usize].conn.as_mut().expect("checked");
+            let Some(Transmit {
+                seg,
+                payload_offset,
+            }) = c.tcb.poll_transmit(now)
+            else {
+                queue.free(frame);
+                return;
+            };
+            frame.set_len(frame.capacity());
+            let buf = frame.data_mut();
+            let hlen = seg.header_len();
+            let plen = seg.len as usize;
+            if L2L3 + hlen + plen > buf.len() {
+                // Cannot happen with the MSS derived from the port's MTU; count rather than panic.
+                queue.free(frame);
+                tx.ring_full += 1;
+                continue;
+            }
+            seg.emit(&mut buf[L2L3..]);
+            if plen > 0 {
+                c.tcb
+                    .copy_payload(payload_offset, &mut buf[L2L3 + hlen..L2L3 + hlen + plen]);
+            }
+            self.ip_id = self.ip_id.wrapping_add(1);
+            let len = finish_frame(
+                buf,
+                self.local.mac,
+                dst_mac,
+                self.local.ip,
+                dst,
+                self.ip_id,
+                hlen + plen,
+                self.tx_checksum,
+            );
+            frame.set_len(len);
+            tx.frames += 1;
+            tx.bytes += len as u64;
+            tx.batch.push(frame);
+        }
+    }
+
+    /// The next hop's address is unknown: ask for it (rate limited) and wait for the answer.
+    fn resolve_hop<Q: Queue>(
+        &mut self,
+        idx: u32,
+        dst: Ipv4Addr,
+        queue: &mut Q,
+        tx: &mut TxSide<Q::Frame>,
+    ) {
+        let hop = self.next_hop(dst);
+        let now_us = self.now.total_micros();
+        if let Some(mac) = self.neigh.lookup(hop, now_us) {
+            if let Some(c) = self.slots[idx as usize].conn.as_mut() {
+                c.mac = Some(mac);
+            }
+            self.mark_dirty(idx);
+            return;
+        }
+        if !self.arp_waiters.contains(&idx) {
+            self.arp_waiters.push(idx);
+        }
+        if self.neigh.should_request(hop, now_us) {
+            if let Some(mut frame) = self.tx_frame(queue, tx) {
+                frame.set_len(frame.capacity().max(60));
+                let n = neigh::arp_request(frame.data_mut(), self.local.mac, self.local.ip, hop);
+                // Pad to the Ethernet minimum.
+                let len = n.max(60);
+                frame.data_mut()[n..len].fill(0);
+                frame.set_len(len);
+                tx.frames += 1;
+                tx.bytes += len as u64;
+                tx.batch.push(frame);
+            }
+        }
+    }
+
+    fn on_link(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) ^ u32::from(self.local.ip)) & self.netmask == 0
+    }
+
+    fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
+        match self.gateway {
+            Some(gw) if !self.on_link(dst) => gw,
+            _ => dst,
+        }
+    }
+
+    /// RFC 6528 initial sequence number (a 4 µs clock plus a keyed hash of the 4-tuple) and the
+    /// connection's timestamp offset (a keyed hash too, as Linux randomises it per connection).
+    fn isn(&self, key: &FlowKey) -> (Seq, u32) {
+        let mut h = self.secret.build_hasher();
+        key.hash(&mut h);
+        self.local.ip.hash(&mut h);
+        let hv = h.finish();
+        let clock = (self.tnow.as_micros() / 4) as u32;
+        (Seq(clock.wrapping_add(hv as u32)), (hv >> 32) as u32)
     }
 
     /// The app has been given `Closed`/`Error` for `conn`: the handle is released now.
@@ -1011,7 +1506,7 @@ impl Io {
         };
         let c = self.conn_mut(idx).expect("owned");
         c.owned = false;
-        if c.sock().state() == tcp::State::Closed {
+        if c.tcb.state() == State::Closed {
             self.release(idx);
         }
     }
@@ -1020,10 +1515,7 @@ impl Io {
     /// `on_stop`); connections the app never took are reset.
     pub(crate) fn begin_stop(&mut self) {
         self.stopping = true;
-        let ports: Vec<u16> = self.listeners.keys().copied().collect();
-        for p in ports {
-            self.unlisten(ListenerId(p));
-        }
+        self.listeners.clear();
     }
 
     /// Resets every connection still open (end of the stop drain).
@@ -1031,8 +1523,9 @@ impl Io {
         for idx in 0..self.slots.len() as u32 {
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 // TIME-WAIT needs no reset: both sides are done.
-                if c.sock().state() != tcp::State::TimeWait {
-                    c.sock().abort();
+                if c.tcb.state() != State::TimeWait {
+                    c.tcb.abort();
+                    c.owned = false;
                     self.service(idx, queue, tx);
                 }
             }
@@ -1066,9 +1559,8 @@ impl Io {
             .ok_or(Error::InvalidHandle)
     }
 
-    fn mark_dirty(&mut self, idx: u32, cause: Cause) {
+    fn mark_dirty(&mut self, idx: u32) {
         if let Some(c) = self.slots[idx as usize].conn.as_mut() {
-            c.cause = cause;
             if !c.in_dirty {
                 c.in_dirty = true;
                 self.dirty.push(idx);
@@ -1078,10 +1570,12 @@ impl Io {
 
     /// Options with every default filled in from the configuration, checked.
     fn resolve(&self, o: ConnOptions) -> Result<Resolved, Error> {
+        let d = &self.defaults.tcp;
         let r = Resolved {
-            rmem: o.rmem.unwrap_or(self.defaults.rmem),
-            wmem: o.wmem.unwrap_or(self.defaults.wmem),
-            nodelay: o.nodelay.unwrap_or(self.defaults.nodelay),
+            rmem: o.rmem.unwrap_or(d.rmem_max),
+            wmem: o.wmem.unwrap_or(d.wmem_max),
+            nodelay: o.nodelay.unwrap_or(d.nodelay),
+            cc: o.cc.unwrap_or(d.cc),
         };
         let ok = |n| (MIN_BUFFER..=MAX_BUFFER).contains(&n);
         if !ok(r.rmem) || !ok(r.wmem) {
@@ -1092,43 +1586,35 @@ impl Io {
         Ok(r)
     }
 
-    fn new_socket(&self, o: &Resolved) -> tcp::Socket<'static> {
-        // vec![0; n] comes from calloc: large buffers are untouched pages until data flows.
-        let rx = tcp::SocketBuffer::new(vec![0u8; o.rmem]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; o.wmem]);
-        let mut s = tcp::Socket::new(rx, tx);
-        s.set_nagle_enabled(!o.nodelay);
-        s.set_congestion_control(tcp::CongestionControl::Cubic);
-        s.set_tsval_generator(Some(tsval_ms));
-        s.set_timeout(Some(SmolDuration::from_micros(
-            self.defaults.user_timeout.as_micros() as u64,
-        )));
-        s
-    }
-
-    fn new_listening(&mut self, port: u16, opts: Resolved) -> Result<u32, Error> {
-        let mut s = self.new_socket(&opts);
-        s.listen(IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(self.local.ip)),
-            port,
+    /// The TCP settings for connections with these options (shared when they are the defaults).
+    fn tcp_config(&self, o: &Resolved) -> Arc<TcpConfig> {
+        let d = &self.defaults.tcp;
+        if o.rmem == d.rmem_max && o.wmem == d.wmem_max && o.nodelay == d.nodelay && o.cc == d.cc {
+            return self.default_cfg.clone();
+        }
+        Arc::new(TcpConfig {
+            rmem_max: o.rmem,
+            rmem_initial: d.rmem_initial.min(o.rmem),
+            wmem_max: o.wmem,
+            wmem_initial: d.wmem_initial.min(o.wmem),
+            nodelay: o.nodelay,
+            cc: o.cc,
+            ..d.clone()
         })
-        .map_err(|_| Error::AddrInUse)?;
-        Ok(self.insert(s, None, Role::Listening(port), opts))
     }
 
     fn insert(
         &mut self,
-        sock: tcp::Socket<'static>,
-        key: Option<FlowKey>,
+        tcb: Tcb,
+        key: FlowKey,
+        mac: Option<EthernetAddress>,
         role: Role,
         opts: Resolved,
     ) -> u32 {
-        let mut set = SocketSet::new(Vec::with_capacity(1));
-        let handle = set.add(sock);
         let conn = Conn {
-            set,
-            handle,
+            tcb,
             key,
+            mac,
             role,
             announced: false,
             owned: false,
@@ -1138,15 +1624,10 @@ impl Io {
             end_told: false,
             we_shut: false,
             in_dirty: false,
-            segs_since_service: 0,
-            cause: Cause::App,
             timer_at: None,
-            nodelay: opts.nodelay,
             opts,
         };
-        if !matches!(role, Role::Listening(_)) {
-            self.stats.conns_current += 1;
-        }
+        self.stats.conns_current += 1;
         match self.free_slots.pop() {
             Some(i) => {
                 self.slots[i as usize].conn = Some(conn);
@@ -1165,15 +1646,11 @@ impl Io {
     fn release(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
         if let Some(c) = slot.conn.take() {
-            if let Some(k) = c.key {
-                if self.flows.get(&k) == Some(&idx) {
-                    self.flows.remove(&k);
-                }
+            if self.flows.get(&c.key) == Some(&idx) {
+                self.flows.remove(&c.key);
             }
-            if !matches!(c.role, Role::Listening(_)) {
-                self.stats.conns_closed += 1;
-                self.stats.conns_current -= 1;
-            }
+            self.stats.conns_closed += 1;
+            self.stats.conns_current -= 1;
             slot.gen = slot.gen.wrapping_add(1);
             self.free_slots.push(idx);
         }

@@ -10,6 +10,7 @@ mod core;
 mod demux;
 mod device;
 mod io;
+mod neigh;
 mod stats;
 pub mod tcp;
 

@@ -66,6 +66,18 @@ counters!(
         drop_ring_full,
         /// SYNs dropped because the listener's backlog of half-open connections was full.
         drop_syn_backlog,
+        /// SYN-ACKs sent with a SYN cookie (the listener's SYN queue was full).
+        syncookies_sent,
+        /// Connections completed from a valid SYN cookie.
+        syncookies_ok,
+        /// ACKs to a listening port that were not a valid cookie (answered with RST).
+        syncookies_failed,
+        /// Resets sent for segments that belong to no connection.
+        tcp_rst_sent,
+        /// ICMP errors handed to a TCP connection (frag-needed, unreachable).
+        icmp_to_tcp,
+        /// ICMP errors ignored (no such connection, or sequence number not in flight).
+        icmp_ignored,
         /// TCP connections that reached ESTABLISHED (accepted or connected).
         conns_opened,
         /// TCP connections whose state was released.
