@@ -265,6 +265,9 @@ pub struct Conn {
     rtx_at: Option<Seq>,
     delivered: u64,
     round_end: Seq,
+    /// Largest flight this round and the last, for Linux's "cwnd-limited" test.
+    max_flight_round: u32,
+    max_flight_prev: u32,
 
     // ---- receive autotuning (Linux DRS)
     drs_start: Instant,
@@ -367,6 +370,8 @@ impl Conn {
             rtx_at: None,
             delivered: 0,
             round_end: iss,
+            max_flight_round: 0,
+            max_flight_prev: 0,
             drs_start: now,
             drs_copied: 0,
             limit: Limit::None,
@@ -1005,7 +1010,18 @@ impl Conn {
         let round_start = ack.ge(self.round_end);
         if round_start {
             self.round_end = self.snd_max;
+            self.max_flight_prev = self.max_flight_round;
+            self.max_flight_round = self.in_flight();
         }
+        // Like Linux's tcp_is_cwnd_limited: the window only grows when the sender used it (half
+        // of it in slow start, nearly all of it after).
+        let cwnd = self.cc.window();
+        let used = self.max_flight_round.max(self.max_flight_prev) as u64;
+        let cwnd_limited = if self.cc.in_slow_start() {
+            used * 2 >= cwnd
+        } else {
+            used + 3 * self.snd_mss as u64 >= cwnd
+        };
         let in_recovery = self.in_recovery;
         if self.in_recovery {
             if ack.ge(self.recover) {
@@ -1032,7 +1048,7 @@ impl Conn {
             in_flight: self.in_flight() as u64,
             delivered: self.delivered,
             delivery_rate: None,
-            app_limited: self.limit == Limit::App,
+            app_limited: !cwnd_limited,
             round_start,
             in_recovery,
             mss: self.snd_mss,
@@ -1816,8 +1832,9 @@ impl Conn {
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rto);
         }
-        self.cc
-            .on_sent(now, len as u64 + fin as u64, self.in_flight() as u64);
+        let flight = self.in_flight();
+        self.max_flight_round = self.max_flight_round.max(flight);
+        self.cc.on_sent(now, len as u64 + fin as u64, flight as u64);
         self.last_tx_data = now;
         self.set_limit(now, Limit::None);
         self.note_sent(now, &seg);

@@ -97,20 +97,25 @@ fn window_follows_the_cubic_curve() {
     let mut now = run(&mut cc, Instant::ZERO, 1, rtt);
     let e = epoch(&cc);
     let k = (30.0f64 / 0.4).cbrt();
-    // Until well past K the window tracks W_cubic(t) within a few percent (it aims one RTT
-    // ahead and gets there over the RTT), flattening at W_max around t = K.
-    for _ in 0..70 {
+    // Through the concave region and past K the window tracks W_cubic(t) within 1%
+    // (it aims one RTT ahead and gets there over the RTT), flattening at W_max around t = K.
+    // (Later, near 6 s, the Reno estimate catches up with the flat plateau and takes over.)
+    loop {
         now = run(&mut cc, now, 1, rtt);
         let t = now.saturating_since(e.start).as_secs_f64();
+        if t > k + 1.0 {
+            break;
+        }
         let want = w_cubic(t, &e, MF);
         let got = cc.window() as f64;
         assert!(
-            (got - want).abs() / want < 0.03,
+            (got - want).abs() / want < 0.01,
             "t={t:.2}: cwnd {got}, W_cubic {want:.0}"
         );
+        assert!(epoch(&cc).w_est < want, "left the cubic region at t={t:.2}");
         if (t - k).abs() < 0.1 {
             assert!(
-                (got / MF - 100.0).abs() < 1.5,
+                (got / MF - 100.0).abs() < 1.0,
                 "at K: {} segments",
                 got / MF
             );

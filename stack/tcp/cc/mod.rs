@@ -18,6 +18,8 @@
 //!   retransmission-timer expiry (repeated expiries of the same loss keep ssthresh, as RFC 5681
 //!   §3.1 asks); [`CongestionControl::on_spurious_congestion`] when the last response proved
 //!   unnecessary (a second call, or one with nothing to undo, does nothing).
+//! - An ACK that reveals a loss is reported as Linux orders it: `on_congestion_event` first,
+//!   then `on_ack` with `in_recovery` set, so that ACK does not grow the reduced window.
 //! - Growth is held while the engine is in recovery (`AckSample::in_recovery`) and while the
 //!   acknowledged data was application-limited (`AckSample::app_limited`), so an idle or
 //!   app-limited connection does not build a window it never tested (RFC 7661's idea, Linux's
