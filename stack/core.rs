@@ -5,15 +5,13 @@
 //! and app events (until quiet, bounded) → flush. With nothing to do it spins for `idle_spin`, then
 //! sleeps on the queue's descriptor and its control eventfd until the next timer.
 
-use super::api::{App, Event};
+use super::api::App;
 use super::config::{Config, ConfigError};
-use super::device::TxSide;
-use super::io::Io;
+use super::engine::Engine;
 use super::stats::{CoreStats, SharedStats};
 use crate::pmd::sys::{allowed_cpus, pin_to_cpu, random_u64, sleep_on, Wake};
-use crate::pmd::{tap, Frame, PortSpec, Queue};
+use crate::pmd::{tap, PortSpec, Queue};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use smoltcp::time::Instant;
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -266,7 +264,7 @@ struct CoreCtx {
 
 fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(
     ctx: CoreCtx,
-    mut queue: Q,
+    queue: Q,
     factory: &F,
     ready: Sender<()>,
 ) {
@@ -274,132 +272,80 @@ fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(
         pin_to_cpu(cpu);
     }
     let clock = std::time::Instant::now();
-    let smol_now = || Instant::from_micros(clock.elapsed().as_micros() as i64);
-    let budget = ctx.cfg.budget;
-    let mut tx = TxSide::new();
-    let mut io = Io::new(
+    let mut engine = Engine::new(
         ctx.index,
         &ctx.cfg,
         ctx.mac,
         ctx.seed,
-        &mut queue,
-        &mut tx,
-        smol_now(),
+        queue,
+        factory(ctx.index),
     );
-    let mut app = factory(ctx.index);
-    app.on_start(&mut io);
     let _ = ready.send(());
 
-    let mut rx: Vec<Q::Frame> = Vec::with_capacity(2 * budget);
-    let mut last_work = smol_now();
-    let mut last_tick = last_work;
+    let mut last_work = clock.elapsed();
     let mut last_publish = last_work;
-    let mut stop_deadline: Option<Instant> = None;
-    let micros = |d: Duration| smoltcp::time::Duration::from_micros(d.as_micros() as u64);
+    let mut stop_deadline: Option<Duration> = None;
     loop {
-        let now = smol_now();
-        io.set_now(now);
-
+        let now = clock.elapsed();
         while let Ok(msg) = ctx.ctl.try_recv() {
             match msg {
                 Ctl::Stop => {
                     if stop_deadline.is_none() {
-                        io.begin_stop();
-                        app.on_stop(&mut io);
-                        stop_deadline = Some(now + micros(STOP_DRAIN));
+                        engine.begin_stop(now);
+                        stop_deadline = Some(now + STOP_DRAIN);
                     }
                 }
                 Ctl::Stats(reply) => {
-                    sync_tx_stats(&mut io, &tx);
-                    let _ = reply.send(io.stats);
+                    let _ = reply.send(engine.stats());
                 }
-                Ctl::Arp(frame) => {
-                    io.ingress(&frame, &mut queue, &mut tx);
-                    io.stats.frames_in -= 1;
-                    io.stats.bytes_in -= frame.len() as u64;
-                }
+                Ctl::Arp(frame) => engine.foreign_frame(&frame, now),
             }
         }
 
-        let n = queue.rx_burst(&mut rx, budget);
-        let got = rx.len();
-        for frame in rx.drain(..) {
-            let is_arp = io.ingress(frame.data(), &mut queue, &mut tx);
-            if is_arp {
-                for (peer, wake) in &ctx.peers {
-                    let _ = peer.send(Ctl::Arp(frame.data().to_vec()));
-                    wake.wake();
-                }
-            }
-            queue.free(frame);
-        }
-        io.expire_timers();
-        for _ in 0..8 {
-            io.service_dirty(&mut queue, &mut tx);
-            if io.events.is_empty() {
-                break;
-            }
-            while let Some(ev) = io.events.pop_front() {
-                app.on_event(&mut io, ev);
-                if let Event::Closed(c) | Event::Error(c, _) = ev {
-                    io.end_delivered(c);
-                }
+        let activity = engine.poll(now);
+        for frame in engine.arp_seen.drain(..) {
+            for (peer, wake) in &ctx.peers {
+                let _ = peer.send(Ctl::Arp(frame.clone()));
+                wake.wake();
             }
         }
-        let flushed = tx.flush(&mut queue);
-
-        if now - last_tick >= micros(TICK) {
-            last_tick = now;
-            app.on_tick(&mut io);
-        }
-        if now - last_publish >= micros(PUBLISH_EVERY) {
+        if now.saturating_sub(last_publish) >= PUBLISH_EVERY {
             last_publish = now;
-            sync_tx_stats(&mut io, &tx);
-            ctx.stats.publish(&io.stats);
+            ctx.stats.publish(&engine.stats());
         }
         if let Some(deadline) = stop_deadline {
-            if io.only_listeners_left() || now >= deadline {
-                io.abort_all(&mut queue, &mut tx);
-                tx.flush(&mut queue);
-                sync_tx_stats(&mut io, &tx);
-                ctx.stats.publish(&io.stats);
+            if engine.drained() || now >= deadline {
+                engine.finish();
+                ctx.stats.publish(&engine.stats());
                 return;
             }
         }
 
-        let _ = n;
-        if got > 0 || io.has_work() || !flushed {
-            io.stats.busy_polls += 1;
+        if activity.busy() {
             last_work = now;
             continue;
         }
-        if now - last_work < micros(ctx.cfg.idle_spin) {
+        if now.saturating_sub(last_work) < ctx.cfg.idle_spin {
             std::hint::spin_loop();
             continue;
         }
         // Sleep until a frame, a control message or the next timer.
         let mut timeout = TICK;
-        if let Some(d) = io.next_deadline() {
-            let left = Duration::from_micros((d - now.min(d)).total_micros());
-            timeout = timeout.min(left);
+        if let Some(d) = engine.next_deadline() {
+            timeout = timeout.min(d.saturating_sub(now));
         }
         if stop_deadline.is_some() {
             timeout = timeout.min(Duration::from_millis(10));
         }
-        queue.set_sleeping(true);
+        engine.queue().set_sleeping(true);
         // A frame may have arrived after the last burst; then do not sleep.
-        if queue.rx_burst(&mut rx, budget) == 0 && ctx.ctl.is_empty() {
-            io.stats.sleeps += 1;
-            sleep_on(queue.wait_fd(), ctx.wake.fd(), timeout);
+        if engine.peek_rx() == 0 && ctx.ctl.is_empty() {
+            engine.note_sleep();
+            let fd = engine.queue().wait_fd();
+            sleep_on(fd, ctx.wake.fd(), timeout);
         }
-        queue.set_sleeping(false);
+        engine.queue().set_sleeping(false);
         ctx.wake.drain();
-        last_work = smol_now();
+        last_work = clock.elapsed();
     }
-}
-
-fn sync_tx_stats<F: Frame>(io: &mut Io, tx: &TxSide<F>) {
-    io.stats.frames_out = tx.frames;
-    io.stats.bytes_out = tx.bytes;
-    io.stats.drop_ring_full = tx.ring_full;
 }

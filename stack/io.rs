@@ -25,9 +25,8 @@ use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpEndpoint, IpListenEndpoint};
 use std::cmp::Reverse;
-use std::collections::hash_map::RandomState;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -209,7 +208,7 @@ pub struct Io {
     defaults: ConnDefaults,
     default_cfg: Arc<TcpConfig>,
     cookies: CookieJar,
-    secret: RandomState,
+    secret: u64,
     ip_id: u16,
     next_port: u16,
     pub(crate) stopping: bool,
@@ -361,8 +360,8 @@ impl Io {
             stats: CoreStats::default(),
             default_cfg: Arc::new(defaults.tcp.clone()),
             defaults,
-            cookies: CookieJar::default(),
-            secret: RandomState::new(),
+            cookies: CookieJar::new(seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15),
+            secret: seed,
             ip_id: seed as u16,
             next_port: EPHEMERAL.start() + (seed % port_span) as u16,
             stopping: false,
@@ -1491,7 +1490,8 @@ impl Io {
     /// RFC 6528 initial sequence number (a 4 µs clock plus a keyed hash of the 4-tuple) and the
     /// connection's timestamp offset (a keyed hash too, as Linux randomises it per connection).
     fn isn(&self, key: &FlowKey) -> (Seq, u32) {
-        let mut h = self.secret.build_hasher();
+        let mut h = DefaultHasher::new();
+        self.secret.hash(&mut h);
         key.hash(&mut h);
         self.local.ip.hash(&mut h);
         let hv = h.finish();

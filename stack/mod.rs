@@ -9,6 +9,7 @@ mod config;
 mod core;
 mod demux;
 mod device;
+mod engine;
 mod io;
 mod neigh;
 mod stats;
@@ -17,6 +18,8 @@ pub mod tcp;
 pub use self::api::{App, ConnError, ConnId, ConnInfo, Error, Event, ListenerId, TcpState, UdpId};
 pub use self::config::{parse_size, Config, ConfigError, Ipv4Cidr, MAX_BUFFER, MIN_BUFFER};
 pub use self::core::{Stack, StartError};
+#[doc(hidden)]
+pub use self::engine::{Activity, Engine};
 pub use self::io::{ConnOptions, Io};
 pub use self::stats::CoreStats;
 

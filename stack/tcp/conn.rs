@@ -1695,11 +1695,7 @@ impl Conn {
                     payload_offset: 0,
                 });
             }
-            State::SynSent | State::SynReceived => {
-                if !self.ack_now {
-                    return None;
-                }
-            }
+            State::SynSent | State::SynReceived if !self.ack_now => return None,
             _ => {}
         }
 

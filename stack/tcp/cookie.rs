@@ -8,8 +8,7 @@
 
 use super::segment::{Options, Timestamp};
 use super::seq::Seq;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// MSS values a cookie can encode; the largest not above the peer's MSS is used.
 pub const MSS_TABLE: [u16; 8] = [216, 536, 1200, 1300, 1400, 1440, 1460, 8960];
@@ -29,14 +28,13 @@ pub struct Tuple {
 
 /// The secret and the codec.
 pub struct CookieJar {
-    key: RandomState,
+    secret: u64,
 }
 
-impl Default for CookieJar {
-    fn default() -> Self {
-        CookieJar {
-            key: RandomState::new(),
-        }
+impl CookieJar {
+    /// A jar keyed with `secret` (random per core in the engine; fixed in tests).
+    pub fn new(secret: u64) -> Self {
+        CookieJar { secret }
     }
 }
 
@@ -48,7 +46,8 @@ impl std::fmt::Debug for CookieJar {
 
 impl CookieJar {
     fn hash(&self, t: &Tuple, period: u32, peer_isn: Seq) -> u32 {
-        let mut h = self.key.build_hasher();
+        let mut h = DefaultHasher::new();
+        self.secret.hash(&mut h);
         t.hash(&mut h);
         period.hash(&mut h);
         peer_isn.0.hash(&mut h);
@@ -133,7 +132,7 @@ mod tests {
 
     #[test]
     fn cookie_round_trips_within_two_periods() {
-        let jar = CookieJar::default();
+        let jar = CookieJar::new(0x5eed);
         let (isn, mss) = jar.make(&tuple(), Seq(1000), 1460, 10_000);
         assert_eq!(mss, 1460);
         let (seq, ack) = (Seq(1001), isn + 1);
@@ -153,7 +152,7 @@ mod tests {
 
     #[test]
     fn mss_rounds_down_to_the_table() {
-        let jar = CookieJar::default();
+        let jar = CookieJar::new(0x5eed);
         assert_eq!(jar.make(&tuple(), Seq(1), 1450, 0).1, 1440);
         assert_eq!(jar.make(&tuple(), Seq(1), 100, 0).1, 216);
         assert_eq!(jar.make(&tuple(), Seq(1), 9000, 0).1, 8960);

@@ -214,7 +214,7 @@ impl Segment {
                         ecr: be32(data, 4),
                     })
                 }
-                (OPT_SACK, _) if len >= 10 && (len - 2) % 8 == 0 => {
+                (OPT_SACK, _) if len >= 10 && (len - 2).is_multiple_of(8) => {
                     for b in data.chunks_exact(8) {
                         seg.opts.sack.push(Seq(be32(b, 0)), Seq(be32(b, 4)));
                     }
