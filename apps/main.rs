@@ -66,11 +66,11 @@ pub struct Common {
     /// Frames received per loop iteration.
     #[arg(long, default_value_t = 64)]
     pub budget: usize,
-    /// Receive buffer per connection (4K..64M).
-    #[arg(long, default_value = "1M")]
+    /// Largest receive buffer per connection (4K..64M); autotuning grows buffers up to it.
+    #[arg(long, default_value = "64M")]
     pub rmem: String,
-    /// Send buffer per connection (4K..64M).
-    #[arg(long, default_value = "1M")]
+    /// Largest send buffer per connection (4K..64M); it grows with the congestion window.
+    #[arg(long, default_value = "64M")]
     pub wmem: String,
     /// Half-open connections allowed per listening port and core.
     #[arg(long, default_value_t = 128)]
@@ -90,6 +90,30 @@ pub struct Common {
     /// Seconds between counter lines.
     #[arg(long, default_value_t = 5)]
     pub stats_interval: u64,
+    /// Congestion control: cubic or newreno.
+    #[arg(long, default_value = "cubic")]
+    pub cc: String,
+    /// Smallest retransmission timeout (e.g. 200ms, as Linux).
+    #[arg(long, default_value = "200ms")]
+    pub rto_min: String,
+    /// Largest retransmission timeout.
+    #[arg(long, default_value = "120s")]
+    pub rto_max: String,
+    /// Clamp the TCP MSS (bytes) for paths with a smaller MTU, e.g. tunnels.
+    #[arg(long)]
+    pub mss_clamp: Option<u16>,
+    /// Drop SYNs when the SYN queue is full instead of answering with SYN cookies.
+    #[arg(long)]
+    pub no_syncookies: bool,
+    /// Send keepalive probes after this long without a segment from the peer (e.g. 60s).
+    #[arg(long)]
+    pub keepalive: Option<String>,
+    /// Restart from the initial window after an idle period (RFC 5681 section 4.1).
+    #[arg(long)]
+    pub slow_start_after_idle: bool,
+    /// Give up on a connection whose data stays unacknowledged this long.
+    #[arg(long, default_value = "120s")]
+    pub user_timeout: String,
 }
 
 impl Common {
@@ -115,6 +139,25 @@ impl Common {
         }
         c.nodelay(self.nodelay).pin_threads(!self.no_pin);
         c.cpus(&self.cpus).map_err(|e| e.to_string())?;
+        let cc = self.cc.parse().map_err(|e| format!("--cc: {e}"))?;
+        let dur =
+            |flag: &str, v: &str| proxy::parse_duration(v).map_err(|e| format!("{flag}: {e}"));
+        let (rto_min, rto_max) = (
+            dur("--rto-min", &self.rto_min)?,
+            dur("--rto-max", &self.rto_max)?,
+        );
+        c.cc(cc)
+            .syncookies(!self.no_syncookies)
+            .slow_start_after_idle(self.slow_start_after_idle)
+            .user_timeout(dur("--user-timeout", &self.user_timeout)?)
+            .rto_bounds(rto_min, rto_max)
+            .map_err(|e| format!("--rto-min/--rto-max: {e}"))?;
+        if let Some(m) = self.mss_clamp {
+            c.mss_clamp(m).map_err(|e| format!("--mss-clamp: {e}"))?;
+        }
+        if let Some(k) = &self.keepalive {
+            c.keepalive(Some(dur("--keepalive", k)?));
+        }
         Ok(c)
     }
 }

@@ -93,8 +93,8 @@ impl Default for Config {
             mac: None,
             cores: 1,
             budget: 64,
-            rmem: 1 << 20,
-            wmem: 1 << 20,
+            rmem: 64 << 20,
+            wmem: 64 << 20,
             backlog: 128,
             nodelay: false,
             pin_threads: true,
@@ -113,7 +113,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A configuration with the defaults: 1 core, budget 64, 1 MiB buffers, backlog 128, Nagle on.
+    /// A configuration with the defaults: 1 core, budget 64, buffers autotuned up to 64 MiB,
+    /// backlog 128 with SYN cookies, Nagle on, CUBIC.
     pub fn new() -> Self {
         Self::default()
     }
@@ -168,13 +169,15 @@ impl Config {
         Ok(self)
     }
 
-    /// Receive buffer per TCP connection in bytes (4 KiB to 64 MiB; sets the advertised window).
+    /// Largest receive buffer per TCP connection in bytes (4 KiB to 64 MiB, default 64 MiB). Buffers
+    /// start small and autotuning grows them with the measured bandwidth-delay product.
     pub fn rmem(&mut self, bytes: usize) -> Result<&mut Self, ConfigError> {
         self.rmem = check_buffer("--rmem", bytes)?;
         Ok(self)
     }
 
-    /// Send buffer per TCP connection in bytes (4 KiB to 64 MiB).
+    /// Largest send buffer per TCP connection in bytes (4 KiB to 64 MiB, default 64 MiB); it grows
+    /// with the congestion window.
     pub fn wmem(&mut self, bytes: usize) -> Result<&mut Self, ConfigError> {
         self.wmem = check_buffer("--wmem", bytes)?;
         Ok(self)

@@ -17,6 +17,7 @@ use super::tcp::config::{Keepalive, TcpConfig};
 use super::tcp::conn::{Conn as Tcb, End, State, Transmit};
 use super::tcp::cookie::{self, CookieJar, Tuple};
 use super::tcp::segment::{Flags, Options, Segment, Timestamp};
+use super::tcp::wheel::{Expired, TimerWheel, DEFAULT_TICK};
 use super::tcp::{Instant as TcpInstant, Seq};
 use crate::pmd::{Frame, Queue};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
@@ -24,8 +25,7 @@ use smoltcp::phy::DeviceCapabilities;
 use smoltcp::socket::udp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpEndpoint, IpListenEndpoint};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -196,13 +196,15 @@ pub struct Io {
     dirty: Vec<u32>,
     dirty_spare: Vec<u32>,
     udp_dirty: Vec<u32>,
+    udp_spare: Vec<u32>,
     /// Connections to look at again on the next loop iteration (transmit ring was full).
     again: Vec<u32>,
     arp_waiters: Vec<u32>,
     neigh: Neighbours,
     gateway: Option<Ipv4Addr>,
     netmask: u32,
-    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    timers: TimerWheel,
+    expired: Vec<Expired>,
     pub(crate) events: VecDeque<Event>,
     pub(crate) stats: CoreStats,
     defaults: ConnDefaults,
@@ -350,12 +352,14 @@ impl Io {
             dirty: Vec::with_capacity(1024),
             dirty_spare: Vec::with_capacity(1024),
             udp_dirty: Vec::with_capacity(64),
+            udp_spare: Vec::with_capacity(64),
             again: Vec::with_capacity(64),
             arp_waiters: Vec::new(),
             neigh: Neighbours::default(),
             gateway: cfg.gateway,
             netmask: !mask,
-            timers: BinaryHeap::with_capacity(1024),
+            timers: TimerWheel::new(TcpInstant::ZERO, DEFAULT_TICK),
+            expired: Vec::with_capacity(256),
             events: VecDeque::with_capacity(1024),
             stats: CoreStats::default(),
             default_cfg: Arc::new(defaults.tcp.clone()),
@@ -1199,33 +1203,32 @@ impl Io {
         }
     }
 
-    /// Marks connections whose timers are due as dirty (and runs their timers).
+    /// Runs the timers that are due and marks their connections dirty.
     pub(crate) fn expire_timers(&mut self) {
-        let now = self.tnow.as_nanos();
-        while let Some(&Reverse((at, idx, gen))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let slot = &mut self.slots[idx as usize];
-            if slot.gen != gen {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.timers.expire_entries(self.tnow, &mut expired);
+        for e in expired.drain(..) {
+            let slot = &mut self.slots[e.id as usize];
+            if slot.gen != e.gen {
                 continue;
             }
             if let Some(c) = slot.conn.as_mut() {
-                if c.timer_at == Some(at) {
+                // Lazy cancellation: only the connection's current deadline counts.
+                if c.timer_at == Some(e.at.as_nanos()) {
                     c.timer_at = None;
                     c.tcb.handle_timeout(self.tnow);
-                    self.mark_dirty(idx);
+                    self.mark_dirty(e.id);
                 }
             }
         }
+        self.expired = expired;
     }
 
     /// The next timer deadline, if any (for the idle sleep).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.timers
-            .peek()
-            .map(|Reverse((at, _, _))| Instant::from_micros((*at / 1000) as i64 + 1))
+            .next_deadline()
+            .map(|at| Instant::from_micros(at.as_micros() as i64 + 1))
     }
 
     /// True when there is work that does not wait for a packet or a timer.
@@ -1239,12 +1242,16 @@ impl Io {
     /// Sends what the touched connections have to send and turns their changes into events.
     pub(crate) fn service_dirty<Q: Queue>(&mut self, queue: &mut Q, tx: &mut TxSide<Q::Frame>) {
         // Connections left over from a full ring get their turn now.
-        for idx in std::mem::take(&mut self.again) {
+        // (Indexing, not `mem::take`: a taken Vec would leave an empty one that reallocates on
+        // the next push, once per full ring.)
+        for i in 0..self.again.len() {
+            let idx = self.again[i];
             if let Some(c) = self.slots[idx as usize].conn.as_mut() {
                 c.in_dirty = false;
             }
             self.mark_dirty(idx);
         }
+        self.again.clear();
         let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
         for &idx in &dirty {
             // Entries whose connection was serviced since it was listed (inline ACK) are stale.
@@ -1258,7 +1265,9 @@ impl Io {
         }
         dirty.clear();
         self.dirty_spare = dirty;
-        for i in std::mem::take(&mut self.udp_dirty) {
+        let mut udp_dirty =
+            std::mem::replace(&mut self.udp_dirty, std::mem::take(&mut self.udp_spare));
+        for &i in &udp_dirty {
             if let Some(u) = self.udps.get_mut(i as usize).and_then(Option::as_mut) {
                 u.in_dirty = false;
                 let mut dev = Dev {
@@ -1276,6 +1285,8 @@ impl Io {
                 }
             }
         }
+        udp_dirty.clear();
+        self.udp_spare = udp_dirty;
     }
 
     /// Transmits what connection `idx` has to send, raises its events, re-arms its timer and
@@ -1365,9 +1376,12 @@ impl Io {
         match c.tcb.poll_timeout() {
             Some(t) => {
                 let at = t.as_nanos();
+                // Only an earlier deadline is filed: a later one (an RTO pushed back by an ACK)
+                // waits for the entry already there to fire early and re-arm, so a busy
+                // connection touches the wheel a few times per RTO, not once per ACK.
                 if c.timer_at.is_none_or(|cur| at < cur) {
                     c.timer_at = Some(at);
-                    self.timers.push(Reverse((at, idx, gen)));
+                    self.timers.schedule(t, idx, gen);
                 }
             }
             None => c.timer_at = None,

@@ -4,7 +4,7 @@
 mod support;
 
 use longhaul::pmd::mem::MemConfig;
-use longhaul::{App, ConnId, Error, Event, Io};
+use longhaul::{App, ConnId, ConnOptions, Error, Event, Io};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +47,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+fn bounded() -> ConnOptions {
+    ConnOptions::new().rmem(4 << 20).wmem(4 << 20)
+}
+
 /// Reads and discards everything on port 9.
 struct Sink {
     buf: Vec<u8>,
@@ -56,7 +60,8 @@ struct Sink {
 impl App for Sink {
     fn on_start(&mut self, io: &mut Io) {
         CORE_THREAD.with(|c| c.set(true));
-        io.listen(9).unwrap();
+        // Buffers autotune up to their ceiling; a 4 MiB one is reached during the warm-up.
+        io.listen_with(9, bounded()).unwrap();
     }
     fn on_event(&mut self, io: &mut Io, ev: Event) {
         if let Event::Readable(c) = ev {
@@ -93,7 +98,7 @@ impl Blast {
 impl App for Blast {
     fn on_start(&mut self, io: &mut Io) {
         CORE_THREAD.with(|c| c.set(true));
-        self.conn = Some(io.connect(server_addr(9)).unwrap());
+        self.conn = Some(io.connect_with(server_addr(9), bounded()).unwrap());
     }
     fn on_event(&mut self, io: &mut Io, ev: Event) {
         if let Event::Connected(_) | Event::Writable(_) = ev {

@@ -239,6 +239,9 @@ pub struct Conn {
     persist_at: Option<Instant>,
     keepalive_at: Option<Instant>,
     close_at: Option<Instant>,
+    /// When to give buffer memory back if the connection stays quiet.
+    shrink_at: Option<Instant>,
+    last_activity: Instant,
     keepalive_sent: u32,
     /// First retransmission timeout of the current stall (for the user timeout).
     stalled_since: Option<Instant>,
@@ -291,6 +294,8 @@ const OOW_RATELIMIT: Duration = Duration::from_millis(500);
 const QUICKACKS: u32 = 16;
 /// Linux's 200 ms cap on how long a corked partial segment waits.
 const CORK_MAX: Duration = Duration::from_millis(200);
+/// A connection quiet this long gives its buffer memory back.
+const IDLE_SHRINK: Duration = Duration::from_secs(1);
 
 impl Conn {
     fn new(
@@ -351,6 +356,8 @@ impl Conn {
             persist_at: None,
             keepalive_at: None,
             close_at: None,
+            shrink_at: None,
+            last_activity: now,
             keepalive_sent: 0,
             stalled_since: None,
             last_rx: now,
@@ -599,6 +606,7 @@ impl Conn {
             self.keepalive_at,
             self.close_at,
             self.cork_at,
+            self.shrink_at,
         ]
         .into_iter()
         .flatten()
@@ -624,12 +632,23 @@ impl Conn {
             return 0;
         }
         self.grow_send_buffer();
-        self.sndbuf.push(data)
+        let n = self.sndbuf.push(data);
+        self.touch(self.last_rx.max(self.last_activity));
+        n
+    }
+
+    /// Notes activity and makes sure an idle check follows it.
+    fn touch(&mut self, now: Instant) {
+        self.last_activity = self.last_activity.max(now);
+        if self.shrink_at.is_none() && self.state != State::Closed {
+            self.shrink_at = Some(self.last_activity + IDLE_SHRINK);
+        }
     }
 
     /// Reads received bytes.
     pub fn recv(&mut self, now: Instant, out: &mut [u8]) -> usize {
         let n = self.rcvbuf.read(out);
+        self.touch(now);
         if n > 0 {
             self.drs_copied += n as u64;
             self.autotune_receive(now);
@@ -740,6 +759,7 @@ impl Conn {
             self.info.data_segs_in += 1;
         }
         self.last_rx = now;
+        self.touch(now);
         self.keepalive_sent = 0;
         match self.state {
             State::Closed => return,
@@ -1187,6 +1207,7 @@ impl Conn {
         self.persist_at = None;
         self.keepalive_at = None;
         self.close_at = None;
+        self.shrink_at = None;
         self.ack_now = false;
         self.syn_now = false;
         self.synack_now = false;
@@ -1205,6 +1226,15 @@ impl Conn {
         if self.cork_at.is_some_and(|t| t <= now) {
             self.cork_at = None;
             self.cork = false;
+        }
+        if self.shrink_at.is_some_and(|t| t <= now) {
+            self.shrink_at = None;
+            if now.saturating_since(self.last_activity) >= IDLE_SHRINK {
+                self.rcvbuf.shrink();
+                self.sndbuf.shrink();
+            } else {
+                self.shrink_at = Some(self.last_activity + IDLE_SHRINK);
+            }
         }
         if self.close_at.is_some_and(|t| t <= now) {
             self.close_at = None;
@@ -1832,6 +1862,7 @@ impl Conn {
         self.max_flight_round = self.max_flight_round.max(flight);
         self.cc.on_sent(now, len as u64 + fin as u64, flight as u64);
         self.last_tx_data = now;
+        self.touch(now);
         self.set_limit(now, Limit::None);
         self.note_sent(now, &seg);
         Transmit {

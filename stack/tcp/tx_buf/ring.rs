@@ -16,15 +16,6 @@
 /// after every message keeps one small buffer instead of reallocating per message.
 pub(in crate::stack::tcp) const MIN_CAPACITY: usize = 4096;
 
-/// A drain (the buffer becoming empty) with a peak this many times below the capacity counts as
-/// "small"; [`SMALL_DRAINS_TO_SHRINK`] small drains in a row shrink the ring.
-const SHRINK_RATIO: usize = 4;
-
-/// Consecutive small drains before an automatic shrink. Requiring a run (not one drain) means a
-/// load that alternates between small and large bursts keeps its buffer instead of reallocating
-/// on every burst.
-const SMALL_DRAINS_TO_SHRINK: u8 = 4;
-
 /// A ring of bytes: `buf.len()` is the capacity, `head` the physical index of logical position 0.
 /// The owner tracks which logical positions hold data; the ring only maps and copies.
 #[derive(Debug, Default)]
@@ -115,20 +106,13 @@ impl ByteRing {
 /// [`MIN_CAPACITY`], a power of two when that fits, never above the limit (unless the data
 /// needs it, which the owners prevent).
 ///
-/// Shrinking happens in two ways. Automatically, when the buffer drains
-/// [`SMALL_DRAINS_TO_SHRINK`] times in a row having used less than a quarter of its capacity:
-/// it shrinks to fit the recent peak, so an autotuned 64 MiB buffer on a connection whose load
-/// fell does not stay 64 MiB, while a steady load never reallocates. And explicitly, through the
-/// owners' `shrink()`, which the engine calls when a connection goes idle: an empty buffer then
-/// holds no memory at all (a drained bulk transfer never drains "small", so only the explicit
-/// call returns its memory; the buffer cannot know by itself that no more data is coming).
+/// Shrinking happens only through the owners' `shrink()`, which the connection calls once it has
+/// been quiet for a while: an empty buffer then holds no memory at all. (Shrinking by itself on
+/// drains made a receiver that reads every segment at once reallocate on every burst.)
 #[derive(Debug, Default)]
 pub(in crate::stack::tcp) struct Sizing {
-    /// Most bytes held since the last drain.
+    /// Most bytes held since the last reset.
     peak: usize,
-    /// Most bytes held during the current run of small drains.
-    run_peak: usize,
-    small_drains: u8,
 }
 
 impl Sizing {
@@ -158,29 +142,7 @@ impl Sizing {
         self.peak = self.peak.max(held);
     }
 
-    /// Called when the buffer becomes empty; returns the capacity to shrink to, if any.
-    pub(in crate::stack::tcp) fn on_drain(
-        &mut self,
-        capacity: usize,
-        limit: usize,
-    ) -> Option<usize> {
-        let peak = std::mem::take(&mut self.peak);
-        if capacity <= MIN_CAPACITY || peak.saturating_mul(SHRINK_RATIO) > capacity {
-            self.small_drains = 0;
-            self.run_peak = 0;
-            return None;
-        }
-        self.small_drains += 1;
-        self.run_peak = self.run_peak.max(peak);
-        if self.small_drains < SMALL_DRAINS_TO_SHRINK {
-            return None;
-        }
-        let target = Self::fit_target(std::mem::take(&mut self.run_peak), limit);
-        self.small_drains = 0;
-        (target < capacity).then_some(target)
-    }
-
-    /// Forgets the drain history (after an explicit resize).
+    /// Forgets the peak (after an explicit resize).
     pub(in crate::stack::tcp) fn reset(&mut self) {
         *self = Sizing::default();
     }
@@ -218,23 +180,5 @@ mod tests {
             Sizing::grow_target(2_097_152, 2_100_000, 3_000_000),
             3_000_000
         );
-    }
-
-    #[test]
-    fn shrinks_only_after_a_run_of_small_drains() {
-        let mut s = Sizing::default();
-        let cap = 1 << 20;
-        for _ in 0..SMALL_DRAINS_TO_SHRINK - 1 {
-            s.note_held(1000);
-            assert_eq!(s.on_drain(cap, cap), None);
-        }
-        s.note_held(cap / 2); // one large burst resets the run
-        assert_eq!(s.on_drain(cap, cap), None);
-        for _ in 0..SMALL_DRAINS_TO_SHRINK - 1 {
-            s.note_held(1000);
-            assert_eq!(s.on_drain(cap, cap), None);
-        }
-        s.note_held(1000);
-        assert_eq!(s.on_drain(cap, cap), Some(MIN_CAPACITY));
     }
 }
