@@ -105,7 +105,9 @@ impl Stack {
                     dpdk::open(&eal_args, &opts).map_err(|e| StartError::Port(e.to_string()))?;
                 let mut cfg = cfg;
                 // A NIC filters on its own address; the cores run on the user's lcores, if named.
-                cfg.mac.get_or_insert(opened.mac);
+                if cfg.mac.is_none() {
+                    cfg.mac = opened.mac;
+                }
                 if cfg.cpus.is_empty() && !opened.lcores.is_empty() {
                     cfg.cpus = opened.lcores;
                 }

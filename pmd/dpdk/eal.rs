@@ -23,8 +23,8 @@ enum State {
 /// `rte_eal_init` may run once per process, and nothing may follow `rte_eal_cleanup`.
 static STATE: Mutex<State> = Mutex::new(State::Never);
 
-/// Initialises the EAL with `args` (without the program name).
-pub fn init(args: &[String]) -> Result<(), DpdkError> {
+/// Initialises the EAL with `args` (without the program name); returns what it printed.
+pub fn init(args: &[String]) -> Result<String, DpdkError> {
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     if *state != State::Never {
         return Err(DpdkError::Eal(
@@ -65,14 +65,17 @@ pub fn init(args: &[String]) -> Result<(), DpdkError> {
     let errno = unsafe { sys::lh_errno() };
     let output = capture.map(Capture::end).unwrap_or_default();
     affinity.restore();
+    let replay = std::env::var_os("LONGHAUL_DPDK_LOG").is_some_and(|v| v != "0");
+    if replay {
+        eprint!("{output}");
+    }
     if rc < 0 {
+        // A failed rte_eal_init cannot be retried either.
+        *state = State::CleanedUp;
         return Err(DpdkError::Eal(explain_failure(args, errno, &output)));
     }
     *state = State::Running;
-    if std::env::var_os("LONGHAUL_DPDK_LOG").is_some_and(|v| v != "0") {
-        eprint!("{output}");
-    }
-    Ok(())
+    Ok(output)
 }
 
 /// Releases what the EAL holds. Called once, after the last port is closed.
@@ -94,49 +97,75 @@ pub fn strerror(errno: i32) -> String {
         .into_owned()
 }
 
-/// One line from what `rte_eal_init` printed, its `rte_errno` and the arguments.
-fn explain_failure(args: &[String], errno: i32, output: &str) -> String {
-    let lines: Vec<&str> = output
+/// The lines of EAL output worth reading: log lines (`EAL: ...`, `driver_function(): ...`) and
+/// getopt's complaints, not the usage text.
+fn log_lines(output: &str) -> Vec<&str> {
+    output
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let lower = output.to_ascii_lowercase();
-    let joined = args.join(" ");
-    // The most specific EAL line: an error, not the usage text.
-    let detail = lines
+        .filter(|l| l.starts_with("EAL:") || l.starts_with("longhaul:") || l.contains("(): "))
+        .collect()
+}
+
+/// Lines that say that something failed but not why.
+fn is_generic(line: &str) -> bool {
+    [
+        "Invalid 'command line' arguments",
+        "FATAL",
+        "Cannot init",
+        "probe failed",
+        "Detected",
+        "Multi-process socket",
+        "IOVA",
+        "TELEMETRY",
+        "Please see",
+    ]
+    .iter()
+    .any(|g| line.contains(g))
+}
+
+/// A log line without its `EAL: ` or `function(): ` prefix and final full stop.
+fn bare(line: &str) -> &str {
+    let l = line.trim_start_matches("EAL:").trim_start();
+    let l = match l.find("(): ") {
+        Some(i) if !l[..i].contains(' ') => &l[i + 4..],
+        _ => l,
+    };
+    l.trim_end_matches('.')
+}
+
+/// The most specific reason in the log: its last line that is not generic (and not `skip`).
+fn reason<'a>(lines: &[&'a str], skip: impl Fn(&str) -> bool) -> &'a str {
+    lines
         .iter()
         .rev()
-        .find(|l| {
-            let l = l.to_ascii_lowercase();
-            (l.starts_with("eal:") || l.contains("error") || l.contains("invalid"))
-                && !l.contains("please see")
-                && !l.starts_with("eal: fatal")
-                && !l.contains("cannot init")
-        })
-        .or_else(|| lines.iter().rev().find(|l| l.starts_with("EAL:")))
-        .map(|l| l.trim_start_matches("EAL:").trim().trim_end_matches('.'))
-        .unwrap_or("");
-    if lower.contains("hugepage") {
+        .find(|l| !is_generic(l) && !skip(l))
+        .map(|l| bare(l))
+        .unwrap_or("")
+}
+
+/// One line from what `rte_eal_init` printed, its `rte_errno` and the arguments.
+fn explain_failure(args: &[String], errno: i32, output: &str) -> String {
+    let lines = log_lines(output);
+    if lines.iter().any(|l| l.to_ascii_lowercase().contains("hugepage")) {
         return "DPDK found no usable hugepages: reserve some (echo 512 > /proc/sys/vm/nr_hugepages; mount -t hugetlbfs nodev /dev/hugepages) or add --no-huge -m 512 to the EAL arguments".into();
     }
-    if let Some(dev) = failed_device(output) {
-        return format!(
-            "DPDK could not create device {dev} ({detail}): check the driver name and its arguments, e.g. --vdev=net_tap0,iface=lh0 or --vdev=net_af_packet0,iface=eth1"
-        );
+    if let Some(m) = explain_device(&lines) {
+        return m;
     }
-    if errno == libc::EACCES as i32 || lower.contains("permission denied") {
+    let detail = reason(&lines, |_| false);
+    if errno == libc::EACCES || output.contains("Permission denied") {
         return format!(
             "DPDK was refused access ({detail}): run as root, or give longhaul CAP_SYS_ADMIN, CAP_IPC_LOCK and CAP_NET_RAW"
         );
     }
-    if errno == libc::EINVAL as i32 || lower.contains("usage:") {
+    if errno == libc::EINVAL || output.contains("Usage:") {
         let why = if detail.is_empty() {
-            "see dpdk-testpmd --help for the EAL options".to_string()
+            "see dpdk-testpmd --help for the EAL options"
         } else {
-            detail.to_string()
+            detail.trim_start_matches("longhaul: ")
         };
-        return format!("bad EAL arguments '{joined}': {why}");
+        return format!("bad EAL arguments '{}': {why}", args.join(" "));
     }
     format!(
         "DPDK EAL initialisation failed ({}){}{detail}",
@@ -145,24 +174,37 @@ fn explain_failure(args: &[String], errno: i32, output: &str) -> String {
     )
 }
 
-/// The device a `--vdev`/`-a` probe failed on, from EAL's log.
-fn failed_device(output: &str) -> Option<String> {
-    for line in output.lines() {
-        for (pre, post) in [
-            ("failed to initialize ", " device"),
-            ("Driver cannot attach the device (", ")"),
-            ("failed to parse device \"", "\""),
-            ("Cannot find device (", ")"),
-        ] {
-            if let Some(i) = line.find(pre) {
-                let rest = &line[i + pre.len()..];
-                if let Some(j) = rest.find(post) {
-                    return Some(rest[..j].to_string());
-                }
-            }
-        }
-    }
-    None
+/// Why no port exists after a successful `rte_eal_init` whose `output` is given: a device that
+/// failed to probe, or none asked for.
+pub fn explain_no_port(output: &str) -> String {
+    explain_device(&log_lines(output)).unwrap_or_else(|| {
+        "DPDK found no Ethernet port: add -a PCI_ADDRESS of a NIC bound to vfio-pci (dpdk-devbind.py), or a virtual device such as --vdev=net_tap0,iface=lh0".into()
+    })
+}
+
+/// A device that failed to parse or probe, with the driver's reason.
+fn explain_device(lines: &[&str]) -> Option<String> {
+    const PATTERNS: [(&str, &str); 4] = [
+        ("failed to initialize ", " device"),
+        ("failed to parse device \"", "\""),
+        ("Driver cannot attach the device (", ")"),
+        ("Cannot find device (", ")"),
+    ];
+    let names_device = |l: &str| PATTERNS.iter().any(|(pre, _)| l.contains(pre));
+    let dev = lines.iter().find_map(|l| {
+        PATTERNS.iter().find_map(|(pre, post)| {
+            let rest = &l[l.find(pre)? + pre.len()..];
+            Some(rest[..rest.find(post)?].to_string())
+        })
+    })?;
+    let why = if lines.iter().any(|l| l.contains("failed to parse device")) {
+        "no driver of that name is loaded".to_string()
+    } else {
+        reason(lines, names_device).to_string()
+    };
+    Some(format!(
+        "DPDK could not create device {dev} ({why}): check the driver name and its arguments, e.g. --vdev=net_tap0,iface=lh0 or --vdev=net_af_packet0,iface=eth1"
+    ))
 }
 
 /// The calling thread's CPU affinity, restored after `rte_eal_init` pinned it to the main lcore.
@@ -187,15 +229,16 @@ impl Affinity {
     }
 }
 
-/// stdout and stderr redirected into a memfd for the duration of `rte_eal_init`.
-struct Capture {
+/// stdout and stderr redirected into a memfd for the duration of `rte_eal_init` (or another call
+/// whose complaints are expected and handled).
+pub(super) struct Capture {
     file: std::fs::File,
     saved_out: OwnedFd,
     saved_err: OwnedFd,
 }
 
 impl Capture {
-    fn begin() -> Option<Capture> {
+    pub(super) fn begin() -> Option<Capture> {
         // SAFETY: plain syscalls on descriptors we own or the process's 1 and 2; every result is
         // checked and the originals are kept to be put back by `end`.
         unsafe {
@@ -226,7 +269,7 @@ impl Capture {
         }
     }
 
-    fn end(mut self) -> String {
+    pub(super) fn end(mut self) -> String {
         // SAFETY: flushes C stdio, then puts the saved descriptors back on 1 and 2.
         unsafe {
             libc::fflush(std::ptr::null_mut());
@@ -253,13 +296,22 @@ mod tests {
         let hp = "EAL: No free 2048 kB hugepages reported on node 0\nEAL: FATAL: Cannot get hugepage information.\nEAL: Cannot get hugepage information.\n";
         let m = explain_failure(&args, libc::EACCES, hp);
         assert!(m.contains("--no-huge"), "{m}");
-        let vdev = "EAL: failed to initialize net_bogus0 device\nEAL: Bus (vdev) probe failed.\n";
-        let m = explain_failure(&args, libc::ENOTSUP, vdev);
-        assert!(m.contains("could not create device net_bogus0"), "{m}");
-        let usage = "EAL: invalid parameters for --vdev\n\nUsage: longhaul [options]\n\nEAL common options:\n  -c COREMASK\n";
+        let vdev = "EAL: failed to parse device \"net_bogus0\"\nEAL: Unable to parse device 'net_bogus0'\n";
+        let m = explain_failure(&args, libc::ENODEV, vdev);
+        assert!(m.contains("could not create device net_bogus0 (no driver"), "{m}");
+        let probe = "EAL: Selected IOVA mode 'VA'\nrte_pmd_init_internals(): net_af_packet0: ioctl failed (SIOCGIFINDEX):No such device\nvdev_probe(): failed to initialize net_af_packet0 device\nEAL: Bus (vdev) probe failed.\n";
+        let m = explain_no_port(probe);
+        assert!(
+            m.contains("net_af_packet0 (net_af_packet0: ioctl failed (SIOCGIFINDEX):No such device)"),
+            "{m}"
+        );
+        assert!(explain_no_port("EAL: Detected CPU lcores: 2\n").contains("no Ethernet port"));
+        let lcore = "EAL: lcore 99 unavailable\nEAL: invalid core list, please check specified cores are part of 0-1\nUsage: longhaul [options]\n  --huge-dir  Directory where hugetlbfs is mounted\nEAL: Invalid 'command line' arguments.\n";
+        let m = explain_failure(&args, libc::EINVAL, lcore);
+        assert!(m.ends_with("invalid core list, please check specified cores are part of 0-1"), "{m}");
+        let usage = "longhaul: unrecognized option '--bogus'\nEAL: Detected CPU lcores: 2\nlonghaul: unrecognized option '--bogus'\n\nUsage: longhaul [options]\n\nEAL common options:\n  --no-huge  Use malloc instead of hugetlbfs\nEAL: Invalid 'command line' arguments.\n";
         let m = explain_failure(&args, libc::EINVAL, usage);
-        assert!(m.starts_with("bad EAL arguments"), "{m}");
-        assert!(m.contains("invalid parameters for --vdev"), "{m}");
+        assert_eq!(m, "bad EAL arguments '--vdev=net_bogus0': unrecognized option '--bogus'");
         for m in [
             explain_failure(&args, libc::EINVAL, usage),
             explain_failure(&args, libc::EIO, ""),

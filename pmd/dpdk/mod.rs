@@ -87,8 +87,10 @@ pub struct OpenOptions {
 pub struct Opened {
     /// One queue pair per core.
     pub queues: Vec<DpdkQueue>,
-    /// The port's Ethernet address (the stack should use it: a NIC filters on it).
-    pub mac: [u8; 6],
+    /// The Ethernet address the stack should use: the port's, since a NIC filters on it; `None`
+    /// for net_tap, whose driver gives the kernel's end of the TAP the same address as the port
+    /// (the stack then picks its own, as on the TAP backend).
+    pub mac: Option<[u8; 6]>,
     /// The CPUs of the user's `-l` list, if any.
     pub lcores: Vec<usize>,
 }
@@ -113,15 +115,15 @@ pub fn open(eal_args: &[String], opts: &OpenOptions) -> Result<Opened, DpdkError
             Vec::new()
         }
     };
-    eal::init(&args)?;
-    let port = Port::open(queues, opts)?;
+    let eal_log = eal::init(&args)?;
+    let port = Port::open(queues, opts, &eal_log)?;
     let port = Arc::new(port);
     let mut out = Vec::with_capacity(queues);
     for q in 0..queues {
         out.push(DpdkQueue::new(port.clone(), q as u16)?);
     }
     Ok(Opened {
-        mac: port.mac,
+        mac: (port.driver != "net_tap").then_some(port.mac),
         queues: out,
         lcores,
     })

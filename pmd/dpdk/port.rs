@@ -24,9 +24,13 @@ const L2_OVERHEAD: u32 = 14 + 4 + 4;
 pub(super) struct Port {
     pub id: u16,
     pub mac: [u8; 6],
+    /// The driver's name, e.g. `net_tap`.
+    pub driver: String,
     pub caps: Caps,
     pub pools: Vec<NonNull<sys::rte_mempool>>,
     interrupts: bool,
+    /// Each queue's receive interrupt descriptor, where the driver has one.
+    interrupt_fds: Vec<Option<i32>>,
     /// Frames dropped because their checksums were wrong (summed as queues close).
     pub bad_checksums: AtomicU64,
 }
@@ -43,17 +47,18 @@ fn errno_text(rc: i32) -> String {
 
 impl Port {
     /// Configures and starts the first port with `queues` queue pairs.
-    pub fn open(queues: usize, opts: &OpenOptions) -> Result<Port, DpdkError> {
+    /// `eal_log` is what `rte_eal_init` printed (it explains a device that failed to probe).
+    pub fn open(queues: usize, opts: &OpenOptions, eal_log: &str) -> Result<Port, DpdkError> {
         // SAFETY: the EAL is initialised; these only read ethdev state.
         let (count, id) = unsafe { (sys::rte_eth_dev_count_avail(), sys::rte_eth_find_next(0)) };
         if count == 0 || id as u32 >= sys::RTE_MAX_ETHPORTS {
-            return Err(DpdkError::NoPort(
-                "DPDK found no Ethernet port: add -a PCI_ADDRESS of a NIC bound to vfio-pci (dpdk-devbind.py), or a virtual device such as --vdev=net_tap0,iface=lh0".into(),
-            ));
+            eal::cleanup();
+            return Err(DpdkError::NoPort(eal::explain_no_port(eal_log)));
         }
         let mut port = Port {
             id,
             mac: [0; 6],
+            driver: String::new(),
             caps: Caps {
                 mtu: 1500,
                 queues,
@@ -63,6 +68,7 @@ impl Port {
             },
             pools: Vec::new(),
             interrupts: false,
+            interrupt_fds: Vec::new(),
             bad_checksums: AtomicU64::new(0),
         };
         // From here on, dropping `port` on an error closes the port and releases the EAL.
@@ -90,6 +96,7 @@ impl Port {
                 .to_string_lossy()
                 .into_owned()
         };
+        self.driver = driver.clone();
         let max_q = info.max_rx_queues.min(info.max_tx_queues) as usize;
         if queues > max_q {
             return Err(DpdkError::Port(format!(
@@ -231,6 +238,24 @@ impl Port {
             rss: rss_conf,
         };
         let speed = self.wait_for_link(&name, &driver, opts.link_timeout)?;
+        // Drivers without receive interrupts log a complaint per query: keep it off the terminal.
+        let quiet = eal::Capture::begin();
+        self.interrupt_fds = (0..q)
+            .map(|qi| {
+                if !self.interrupts {
+                    return None;
+                }
+                // SAFETY: a started port configured with receive interrupts; plain query.
+                let fd = unsafe { sys::rte_eth_dev_rx_intr_ctl_q_get_fd(id, qi) };
+                (fd >= 0).then_some(fd)
+            })
+            .collect();
+        drop(quiet.map(eal::Capture::end));
+        let waits = match self.interrupt_fds.iter().filter(|f| f.is_some()).count() {
+            0 => format!("{} us naps (no rx interrupts)", super::NAP.as_micros()),
+            n if n == queues => "rx interrupts".to_string(),
+            n => format!("rx interrupts on {n} queues, naps on the rest"),
+        };
         eprintln!(
             "longhaul dpdk: port {id} ({name}, {driver}) up at {speed} Mbit/s, mac {}, mtu {mtu}, {queues} queue pair(s) of {nrx}/{ntx} descriptors, pools of {pool_size} mbufs; offloads: rx checksum {}, tx checksum {}, rss {}; tso not used; idle wait {}",
             mac_text(&self.mac),
@@ -238,11 +263,11 @@ impl Port {
             on_off(tx_cksum, "ipv4/tcp/udp"),
             match (&rss_conf, rss) {
                 (Some(r), _) => format!("4-tuple (key {} B, reta {})", r.key().len(), r.reta_size()),
-                (None, true) => "4-tuple (key unknown)".into(),
+                (None, true) => "requested, but the driver reports no key/table (flows follow its own spreading)".into(),
                 (None, false) if queues > 1 => "not offered (the driver spreads flows its own way)".into(),
                 (None, false) => "off (one queue)".into(),
             },
-            if self.interrupts { "rx interrupts where the driver has them, else 100 us naps" } else { "100 us naps" },
+            waits,
         );
         Ok(())
     }
@@ -314,12 +339,7 @@ impl Port {
 
     /// The receive interrupt descriptor of queue `q`, when the driver has one.
     pub fn interrupt_fd(&self, q: u16) -> Option<i32> {
-        if !self.interrupts {
-            return None;
-        }
-        // SAFETY: a started port configured with receive interrupts; plain query.
-        let fd = unsafe { sys::rte_eth_dev_rx_intr_ctl_q_get_fd(self.id, q) };
-        (fd >= 0).then_some(fd)
+        self.interrupt_fds.get(q as usize).copied().flatten()
     }
 
     /// Arms (before sleeping) or disarms queue `q`'s receive interrupt.
