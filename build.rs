@@ -39,9 +39,10 @@ mod dpdk {
 
     fn pkg_config(args: &[&str]) -> Result<String, String> {
         let exe = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
-        let out = Command::new(&exe).args(args).output().map_err(|_| {
-            format!("{exe} is not installed: apt-get install {PACKAGES}")
-        })?;
+        let out = Command::new(&exe)
+            .args(args)
+            .output()
+            .map_err(|_| format!("{exe} is not installed: apt-get install {PACKAGES}"))?;
         if !out.status.success() {
             return Err(format!(
                 "DPDK (libdpdk >= {MIN_VERSION}) not found by pkg-config: apt-get install {PACKAGES}"
@@ -51,7 +52,12 @@ mod dpdk {
     }
 
     pub fn build() {
-        for v in ["LONGHAUL_DPDK_STATIC", "PKG_CONFIG_PATH", "PKG_CONFIG", "LIBCLANG_PATH"] {
+        for v in [
+            "LONGHAUL_DPDK_STATIC",
+            "PKG_CONFIG_PATH",
+            "PKG_CONFIG",
+            "LIBCLANG_PATH",
+        ] {
             println!("cargo:rerun-if-env-changed={v}");
         }
         println!("cargo:rerun-if-changed=pmd/dpdk/shim.c");
@@ -164,7 +170,11 @@ mod dpdk {
     fn link_static(pmds: &[String]) {
         let libdir = pkg_config(&["--variable=libdir", "libdpdk"]).unwrap_or_else(|e| fail(&e));
         let archive = |name: &str| format!("{libdir}/librte_{name}.a");
-        for d in STATIC_BASE.iter().map(|s| s.to_string()).chain(pmds.iter().cloned()) {
+        for d in STATIC_BASE
+            .iter()
+            .map(|s| s.to_string())
+            .chain(pmds.iter().cloned())
+        {
             if !std::path::Path::new(&archive(&d)).exists() {
                 fail(&format!(
                     "LONGHAUL_DPDK_STATIC names {d}, but {} does not exist: use driver names such as net_ixgbe,net_tap (ls {libdir}/librte_net_*.a)",
@@ -174,14 +184,21 @@ mod dpdk {
         }
         println!("cargo:rustc-link-search=native={libdir}");
         println!("cargo:rustc-link-arg=-Wl,--whole-archive");
-        for d in STATIC_BASE.iter().map(|s| s.to_string()).chain(pmds.iter().cloned()) {
+        for d in STATIC_BASE
+            .iter()
+            .map(|s| s.to_string())
+            .chain(pmds.iter().cloned())
+        {
             println!("cargo:rustc-link-arg={}", archive(&d));
         }
         println!("cargo:rustc-link-arg=-Wl,--no-whole-archive");
         // The core libraries, in pkg-config's (dependency) order, as one group.
         let libs = pkg_config(&["--libs-only-l", "libdpdk-libs"]).unwrap_or_else(|e| fail(&e));
         println!("cargo:rustc-link-arg=-Wl,--start-group");
-        for lib in libs.split_whitespace().filter_map(|w| w.strip_prefix("-lrte_")) {
+        for lib in libs
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("-lrte_"))
+        {
             let a = archive(lib);
             if std::path::Path::new(&a).exists() {
                 println!("cargo:rustc-link-arg={a}");

@@ -56,13 +56,7 @@ fn tuple_bytes(src: Ipv4Addr, dst: Ipv4Addr, src_port: u16, dst_port: u16) -> [u
 }
 
 /// The RSS hash of an IPv4 TCP/UDP packet from `src:src_port` to `dst:dst_port`.
-pub fn tuple_hash(
-    key: &[u8],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    src_port: u16,
-    dst_port: u16,
-) -> u32 {
+pub fn tuple_hash(key: &[u8], src: Ipv4Addr, dst: Ipv4Addr, src_port: u16, dst_port: u16) -> u32 {
     toeplitz_hash(key, &tuple_bytes(src, dst, src_port, dst_port))
 }
 
@@ -226,7 +220,8 @@ mod tests {
     /// Microsoft's "Verifying the RSS hash calculation" vectors for IPv4: (destination, source,
     /// hash over the addresses only, hash over addresses and TCP ports). The input order is
     /// source address, destination address, source port, destination port.
-    const VECTORS: [((Ipv4Addr, u16), (Ipv4Addr, u16), u32, u32); 5] = [
+    type Endpoint = (Ipv4Addr, u16);
+    const VECTORS: [(Endpoint, Endpoint, u32, u32); 5] = [
         (
             (Ipv4Addr::new(161, 142, 100, 80), 1766),
             (Ipv4Addr::new(66, 9, 149, 187), 2794),
@@ -289,7 +284,10 @@ mod tests {
 
     #[test]
     fn queue_follows_round_robin_reta() {
-        let (src, dst) = (Ipv4Addr::new(66, 9, 149, 187), Ipv4Addr::new(161, 142, 100, 80));
+        let (src, dst) = (
+            Ipv4Addr::new(66, 9, 149, 187),
+            Ipv4Addr::new(161, 142, 100, 80),
+        );
         // 0x51ccc178 % 128 = 0x78 = 120; 120 % 4 = 0, 120 % 3 = 0, 120 % 7 = 1.
         assert_eq!(rss_queue(&DEFAULT_KEY, 128, 4, src, dst, 2794, 1766), 0);
         assert_eq!(rss_queue(&DEFAULT_KEY, 128, 7, src, dst, 2794, 1766), 1);
@@ -332,8 +330,10 @@ mod tests {
             .unwrap();
         assert_eq!(port, expect);
         // Impossible requests.
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = 10..=5;
         assert_eq!(
-            rss.pick_local_port(local, remote, 80, 10..=5, 0, 0),
+            rss.pick_local_port(local, remote, 80, empty, 0, 0),
             None,
             "empty range"
         );

@@ -383,7 +383,11 @@ fn child_two_core_echo() {
         for (i, w) in workers.into_iter().enumerate() {
             let (sent, got) = w.join().expect("echo worker panicked");
             assert_eq!(got.len(), sent.len(), "round {round} connection {i}: bytes");
-            assert_eq!(got.finish(), sent.finish(), "round {round} connection {i}: hash");
+            assert_eq!(
+                got.finish(),
+                sent.finish(),
+                "round {round} connection {i}: hash"
+            );
         }
     }
     let per_core = stack.stats_now();

@@ -34,9 +34,7 @@ pub fn init(args: &[String]) -> Result<String, DpdkError> {
     let mut argv_owned = vec![CString::new("longhaul").expect("no NUL")];
     for a in args {
         argv_owned.push(CString::new(a.as_str()).map_err(|_| {
-            DpdkError::Eal(format!(
-                "EAL argument {a:?} contains a NUL byte: remove it"
-            ))
+            DpdkError::Eal(format!("EAL argument {a:?} contains a NUL byte: remove it"))
         })?);
     }
     // EAL keeps pointers into argv (getopt permutes it, some options are kept as given): the
@@ -147,7 +145,10 @@ fn reason<'a>(lines: &[&'a str], skip: impl Fn(&str) -> bool) -> &'a str {
 /// One line from what `rte_eal_init` printed, its `rte_errno` and the arguments.
 fn explain_failure(args: &[String], errno: i32, output: &str) -> String {
     let lines = log_lines(output);
-    if lines.iter().any(|l| l.to_ascii_lowercase().contains("hugepage")) {
+    if lines
+        .iter()
+        .any(|l| l.to_ascii_lowercase().contains("hugepage"))
+    {
         return "DPDK found no usable hugepages: reserve some (echo 512 > /proc/sys/vm/nr_hugepages; mount -t hugetlbfs nodev /dev/hugepages) or add --no-huge -m 512 to the EAL arguments".into();
     }
     if let Some(m) = explain_device(&lines) {
@@ -298,20 +299,31 @@ mod tests {
         assert!(m.contains("--no-huge"), "{m}");
         let vdev = "EAL: failed to parse device \"net_bogus0\"\nEAL: Unable to parse device 'net_bogus0'\n";
         let m = explain_failure(&args, libc::ENODEV, vdev);
-        assert!(m.contains("could not create device net_bogus0 (no driver"), "{m}");
+        assert!(
+            m.contains("could not create device net_bogus0 (no driver"),
+            "{m}"
+        );
         let probe = "EAL: Selected IOVA mode 'VA'\nrte_pmd_init_internals(): net_af_packet0: ioctl failed (SIOCGIFINDEX):No such device\nvdev_probe(): failed to initialize net_af_packet0 device\nEAL: Bus (vdev) probe failed.\n";
         let m = explain_no_port(probe);
         assert!(
-            m.contains("net_af_packet0 (net_af_packet0: ioctl failed (SIOCGIFINDEX):No such device)"),
+            m.contains(
+                "net_af_packet0 (net_af_packet0: ioctl failed (SIOCGIFINDEX):No such device)"
+            ),
             "{m}"
         );
         assert!(explain_no_port("EAL: Detected CPU lcores: 2\n").contains("no Ethernet port"));
         let lcore = "EAL: lcore 99 unavailable\nEAL: invalid core list, please check specified cores are part of 0-1\nUsage: longhaul [options]\n  --huge-dir  Directory where hugetlbfs is mounted\nEAL: Invalid 'command line' arguments.\n";
         let m = explain_failure(&args, libc::EINVAL, lcore);
-        assert!(m.ends_with("invalid core list, please check specified cores are part of 0-1"), "{m}");
+        assert!(
+            m.ends_with("invalid core list, please check specified cores are part of 0-1"),
+            "{m}"
+        );
         let usage = "longhaul: unrecognized option '--bogus'\nEAL: Detected CPU lcores: 2\nlonghaul: unrecognized option '--bogus'\n\nUsage: longhaul [options]\n\nEAL common options:\n  --no-huge  Use malloc instead of hugetlbfs\nEAL: Invalid 'command line' arguments.\n";
         let m = explain_failure(&args, libc::EINVAL, usage);
-        assert_eq!(m, "bad EAL arguments '--vdev=net_bogus0': unrecognized option '--bogus'");
+        assert_eq!(
+            m,
+            "bad EAL arguments '--vdev=net_bogus0': unrecognized option '--bogus'"
+        );
         for m in [
             explain_failure(&args, libc::EINVAL, usage),
             explain_failure(&args, libc::EIO, ""),

@@ -314,9 +314,9 @@ impl Queue for DpdkQueue {
         while got < max {
             let want = (max - got).min(BURST) as u16;
             // SAFETY: burst has room for BURST >= want pointers; the port and queue are started.
-            let n = unsafe {
-                sys::lh_rx_burst(self.port.id, self.id, self.burst.as_mut_ptr(), want)
-            } as usize;
+            let n =
+                unsafe { sys::lh_rx_burst(self.port.id, self.id, self.burst.as_mut_ptr(), want) }
+                    as usize;
             for &m in &self.burst[..n] {
                 // SAFETY: the driver handed us ownership of each of the n mbufs.
                 let Some((mbuf, flags)) = (unsafe { Mbuf::from_raw(m) }) else {
@@ -363,9 +363,9 @@ impl Queue for DpdkQueue {
             let want = chunk.len() as u16;
             // SAFETY: the first `want` burst slots hold mbufs we own; the driver takes ownership of
             // the first n it returns, which are released from their wrappers below.
-            let n = unsafe {
-                sys::lh_tx_burst(self.port.id, self.id, self.burst.as_mut_ptr(), want)
-            } as usize;
+            let n =
+                unsafe { sys::lh_tx_burst(self.port.id, self.id, self.burst.as_mut_ptr(), want) }
+                    as usize;
             sent += n;
             if n < want as usize {
                 break;

@@ -43,8 +43,7 @@ fn pseudo_header_sum(ip: &[u8], proto: u8, l4_len: usize) -> u32 {
 /// An untagged IPv4 frame's header fields: header length, protocol, total length, and whether it
 /// is a fragment. `None` for anything else or a frame too short for its headers.
 fn ipv4(frame: &[u8]) -> Option<(usize, u8, usize, bool)> {
-    if frame.len() < ETH_HLEN + 20 || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4
-    {
+    if frame.len() < ETH_HLEN + 20 || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4 {
         return None;
     }
     let ip = &frame[ETH_HLEN..];
@@ -260,7 +259,10 @@ mod tests {
         assert!(!rx_checksums_ok(&good, sys::MBUF_RX_L4_CKSUM_BAD));
         let mut bad_l4 = good.clone();
         *bad_l4.last_mut().unwrap() ^= 1;
-        assert!(!rx_checksums_ok(&bad_l4, 0), "unknown verdict: checked here");
+        assert!(
+            !rx_checksums_ok(&bad_l4, 0),
+            "unknown verdict: checked here"
+        );
         assert!(
             rx_checksums_ok(
                 &bad_l4,

@@ -294,8 +294,7 @@ impl Port {
         let mut key = [0u8; crate::pmd::rss::MAX_KEY_LEN];
         let mut conf = sys::rte_eth_rss_conf {
             rss_key: key.as_mut_ptr(),
-            rss_key_len: (info.hash_key_size as usize)
-                .clamp(1, crate::pmd::rss::MAX_KEY_LEN) as u8,
+            rss_key_len: (info.hash_key_size as usize).clamp(1, crate::pmd::rss::MAX_KEY_LEN) as u8,
             ..Default::default()
         };
         // SAFETY: conf points at a live key buffer of rss_key_len bytes.
@@ -366,7 +365,9 @@ impl Drop for Port {
                 sys::rte_mempool_free(p.as_ptr());
             }
         }
-        let bad = self.bad_checksums.load(std::sync::atomic::Ordering::Relaxed);
+        let bad = self
+            .bad_checksums
+            .load(std::sync::atomic::Ordering::Relaxed);
         if bad > 0 {
             eprintln!("longhaul dpdk: dropped {bad} received frame(s) with wrong checksums");
         }
