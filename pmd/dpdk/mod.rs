@@ -389,6 +389,13 @@ impl Queue for DpdkQueue {
     }
 
     fn set_sleeping(&self, sleeping: bool) {
+        if sleeping {
+            // An empty burst before sleeping: drivers that batch transmit kicks (af_packet sends
+            // its ring with one sendto, retried on the next burst when the kernel said EAGAIN)
+            // flush what is still queued instead of holding it until the core wakes.
+            // SAFETY: zero mbufs are passed; the pointer is not read.
+            unsafe { sys::lh_tx_burst(self.port.id, self.id, std::ptr::null_mut(), 0) };
+        }
         match &self.wait {
             Wait::Interrupt(_) => self.port.rx_interrupt(self.id, sleeping),
             Wait::Nap(t) if sleeping => arm_timer(t, NAP),
