@@ -159,6 +159,7 @@ impl Queue for MemQueue {
             queues: 1,
             rx_checksum_offload: false,
             tx_checksum_offload: false,
+            rss: None,
         }
     }
 

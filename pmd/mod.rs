@@ -6,11 +6,15 @@
 //! which takes exactly the prefix it could send. In steady state nothing here allocates.
 //!
 //! Backends: [`tap`] (a Linux TAP device, multi-queue) and [`mem`] (an in-process wire for tests and
-//! benchmarks, with loss and reordering hooks).
+//! benchmarks, with loss and reordering hooks); with the `dpdk` feature, `dpdk` (DPDK poll-mode
+//! drivers). [`rss`] computes which queue a flow lands on.
 
 #![allow(unsafe_code)]
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mem;
+pub mod rss;
 #[doc(hidden)]
 pub mod sys;
 pub mod tap;
@@ -29,6 +33,10 @@ pub struct Caps {
     pub rx_checksum_offload: bool,
     /// The port fills in IPv4/TCP/UDP checksums on transmit.
     pub tx_checksum_offload: bool,
+    /// How the port spreads incoming IPv4 TCP/UDP flows over its queues (Toeplitz key and
+    /// redirection table), when it does so by RSS: an outgoing connection can pick a local port
+    /// whose replies land on its own queue ([`rss::RssConfig::pick_local_port`]).
+    pub rss: Option<rss::RssConfig>,
 }
 
 /// A frame buffer owned by a backend and lent to the stack.
@@ -128,6 +136,13 @@ pub enum PortSpec {
         /// Interface name (at most 15 bytes).
         iface: String,
     },
+    /// `dpdk:"EAL ARGS"` — the first Ethernet port DPDK finds after `rte_eal_init` with these
+    /// arguments (split like a shell would), e.g. `dpdk:"-l 2-5 -a 0000:3b:00.0"`.
+    #[cfg(feature = "dpdk")]
+    Dpdk {
+        /// The EAL arguments, one word each.
+        eal_args: Vec<String>,
+    },
 }
 
 /// A port argument that could not be understood.
@@ -158,7 +173,15 @@ impl std::str::FromStr for PortSpec {
                     iface: rest.to_string(),
                 })
             }
-            "xdp" | "dpdk" => Err(PortSpecError(format!(
+            #[cfg(feature = "dpdk")]
+            "dpdk" => dpdk::parse_eal_args(rest)
+                .map(|eal_args| PortSpec::Dpdk { eal_args })
+                .map_err(|e| PortSpecError(format!("bad port '{s}': {e}"))),
+            #[cfg(not(feature = "dpdk"))]
+            "dpdk" => Err(PortSpecError(format!(
+                "port '{s}': this longhaul was built without DPDK: rebuild with --features dpdk (needs libdpdk-dev libclang-dev pkg-config)"
+            ))),
+            "xdp" => Err(PortSpecError(format!(
                 "port '{s}': the {kind} backend is not built into this longhaul yet; use tap:IFACE"
             ))),
             _ => Err(PortSpecError(format!(
@@ -183,7 +206,14 @@ mod tests {
         assert!("tap:".parse::<PortSpec>().is_err());
         assert!("tap:waytoolonginterfacename".parse::<PortSpec>().is_err());
         assert!("eth0".parse::<PortSpec>().is_err());
-        assert!("dpdk:-l 1".parse::<PortSpec>().is_err());
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn dpdk_spec_without_the_feature_says_how_to_get_it() {
+        let e = "dpdk:-l 1".parse::<PortSpec>().unwrap_err().to_string();
+        assert!(e.contains("rebuild with --features dpdk"), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]

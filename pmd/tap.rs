@@ -138,6 +138,7 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         queues: fds.len(),
         rx_checksum_offload: false,
         tx_checksum_offload: false,
+        rss: None,
     };
     let frame_cap = mtu + 14 + 4;
     Ok(fds

@@ -10,12 +10,15 @@
 # measuring, default 0.5), LONGHAUL_FLAGS (extra flags for `longhaul echo`, e.g. "--no-pin"),
 # BENCH_SERVER_CPUS / BENCH_CLIENT_CPUS (taskset CPU lists for both echo servers / for the load
 # generator; default: no affinity set), CARGO_TARGET_DIR (where cargo builds), BENCH_RESULTS
-# (results directory, default bench/results).
+# (results directory, default bench/results), BENCH_DPDK (1/0: add the DPDK backend's echo rows,
+# net_tap and af_packet; default 1 when pkg-config finds libdpdk).
 #
 # Topology (namespaces and links are this run's own, removed on exit; 198.18.0.0/15 only):
 #
 #   client ns  lhbt<pid>  198.18.0.1/24 ──TAP fd── longhaul echo 198.18.0.2/24 :7
 #   client ns  lhbc<pid>  198.18.1.1/24 ──veth──── server ns lhbs<pid> 198.18.1.2/24, kernel echo :7
+#   client ns  lhbd<pid>  198.18.2.1/24 ──DPDK net_tap──────── longhaul echo 198.18.2.2/24 (DPDK rows)
+#   client ns  lhbk<pid>  198.18.3.1/24 ──veth── lhbp<pid> ── DPDK af_packet, longhaul echo 198.18.3.2/24
 #
 # The load comes from `longhaul loadgen` (kernel sockets) in the client namespace: `stream`
 # (continuous writes, echo read back) and `rr` (64-byte request/response). Output: a table on
@@ -34,8 +37,12 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 # --------------------------------------------------------------------------------------- build
-echo "== cargo build --release"
-(cd "$ROOT" && cargo build --release --quiet)
+# With DPDK rows the binary is built with the dpdk feature (a superset: the TAP rows run on it too).
+BENCH_DPDK=${BENCH_DPDK:-$(pkg-config --exists libdpdk 2>/dev/null && echo 1 || echo 0)}
+FEATURES=()
+[[ $BENCH_DPDK == 1 ]] && FEATURES=(--features dpdk)
+echo "== cargo build --release ${FEATURES[*]}"
+(cd "$ROOT" && cargo build --release --quiet "${FEATURES[@]}")
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET_DIR = /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
 BIN=$TARGET_DIR/release/longhaul
@@ -68,6 +75,7 @@ cleanup() {
     done
     ip netns del "$NS_C" 2>/dev/null || true
     ip netns del "$NS_S" 2>/dev/null || true
+    rm -rf "/var/run/dpdk/lhbt$ID" "/var/run/dpdk/lhbp$ID" 2>/dev/null || true
     if [[ $rc -ne 0 ]]; then
         echo "bench.sh: failed (exit $rc); logs kept in $LOGDIR" >&2
     else
@@ -167,6 +175,47 @@ for t in "stream 1|stream|1|" "stream 8|stream|8|" "rr 1|rr|1|64" "rr 16|rr|16|6
     run "$name" longhaul $LH_IP "$mode" "$conns" "$size"
     run "$name" linux $KERNEL_IP "$mode" "$conns" "$size"
 done
+
+# -------------------------------------------------------------------------------- DPDK echo rows
+# The same echo app and load on the DPDK backend: a net_tap vdev (DPDK makes the TAP) and net_af_packet
+# on a veth end, one at a time, while the TAP echo above idles.
+DPDK_TARGETS=()
+dpdk_echo() { # target ip eal-args: starts longhaul echo on dpdk:EAL and waits for its ready line
+    local target=$1 ip=$2 eal=$3
+    # shellcheck disable=SC2086 # LONGHAUL_FLAGS is a list of flags
+    ip netns exec "$NS_C" "${SERVER_PIN[@]}" "$BIN" echo --port "dpdk:$eal" --ip "$ip/24" --listen $PORT \
+        --nodelay --quiet ${LONGHAUL_FLAGS:-} >"$LOGDIR/$target.log" 2>&1 &
+    DPDK_PID=$!
+    PIDS+=($DPDK_PID)
+    wait_ready "longhaul echo ($target)" "$LOGDIR/$target.log" "ready"
+}
+dpdk_rows() { # target ip
+    ip netns exec "$NS_C" ping -c 1 -W 2 "$2" >/dev/null
+    for t in "stream 1|stream|1|" "stream 8|stream|8|" "rr 1|rr|1|64" "rr 16|rr|16|64"; do
+        IFS='|' read -r name mode conns size <<<"$t"
+        run "$name" "$1" "$2" "$mode" "$conns" "$size"
+    done
+    grep '^longhaul dpdk:' "$LOGDIR/$1.log" | sed 's/^/   /' || true
+    kill "$DPDK_PID" 2>/dev/null || true
+    wait "$DPDK_PID" 2>/dev/null || true
+    DPDK_TARGETS+=("$1")
+}
+if [[ $BENCH_DPDK == 1 ]]; then
+    echo "== DPDK net_tap (lhbd$ID)"
+    dpdk_echo dpdk-tap 198.18.2.2 "--vdev=net_tap0,iface=lhbd$ID --no-huge --no-pci -m 512 --file-prefix lhbt$ID"
+    ip -n "$NS_C" addr add 198.18.2.1/24 dev "lhbd$ID"
+    ip -n "$NS_C" link set "lhbd$ID" up
+    dpdk_rows dpdk-tap 198.18.2.2
+    echo "== DPDK af_packet (veth lhbk$ID / lhbp$ID)"
+    ip -n "$NS_C" link add "lhbk$ID" type veth peer name "lhbp$ID"
+    ip -n "$NS_C" addr add 198.18.3.1/24 dev "lhbk$ID"
+    # af_packet takes frames as the kernel queued them: no partial checksums, no GSO segments.
+    ip netns exec "$NS_C" ethtool -K "lhbk$ID" tx off tso off gso off >/dev/null
+    ip -n "$NS_C" link set "lhbk$ID" up
+    ip -n "$NS_C" link set "lhbp$ID" up
+    dpdk_echo dpdk-afp 198.18.3.2 "--vdev=net_af_packet0,iface=lhbp$ID --no-huge --no-pci -m 512 --file-prefix lhbp$ID"
+    dpdk_rows dpdk-afp 198.18.3.2
+fi
 
 # ------------------------------------------------------------- httpd vs nginx, proxy vs socat
 # The echo server gives the TAP to the next app (a TAP queue has one reader).
@@ -337,6 +386,32 @@ for name in "${TESTS[@]}"; do
 done
 echo
 echo "markdown: $MD"
+
+# ----------------------------------------------------------------------------- DPDK table
+if [[ ${#DPDK_TARGETS[@]} -gt 0 ]]; then
+    {
+        echo
+        echo "DPDK backend, same echo app and load (\`--port dpdk:\"--vdev=... --no-huge --no-pci -m 512\"\`,"
+        echo "1 core): net_tap (a TAP DPDK creates; read/write per frame, checksums verified and filled by the"
+        echo "driver in software) and net_af_packet on a veth (kernel offloads off on the peer). Ratios to the"
+        echo "kernel server of this run."
+        echo
+        echo "| test | dpdk net_tap | ratio | dpdk af_packet | ratio | linux |"
+        echo "|---|---:|---:|---:|---:|---:|"
+    } >>"$MD"
+    printf '\n%-22s %14s %7s %14s %7s %14s\n' "DPDK test" "net_tap" ratio "af_packet" ratio linux
+    for name in "${TESTS[@]}"; do
+        for row in "${ROWS[@]}"; do
+            IFS='|' read -r label test key unit dir <<<"$row"
+            [[ $test == "$name" && $name != http* && $name != proxy* ]] || continue
+            a=$(cell "$test" dpdk-tap "$key")
+            b=$(cell "$test" dpdk-afp "$key")
+            l=$(cell "$test" linux "$key")
+            printf '%-22s %14s %7s %14s %7s %14s\n' "$label ($unit)" "$a" "$(ratio "$a" "$l")" "$b" "$(ratio "$b" "$l")" "$l"
+            echo "| $label ($unit) | $a | $(ratio "$a" "$l") | $b | $(ratio "$b" "$l") | $l |" >>"$MD"
+        done
+    done
+fi
 
 # ---------------------------------------------------------------------------------------- chart
 PNG=${MD%.md}.png

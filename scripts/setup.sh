@@ -9,6 +9,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 pkgs=(iproute2 iputils-ping iperf3 tcpdump curl wrk procps psmisc pkg-config gcc libc6-dev python3 nginx-light socat util-linux)
+# The DPDK backend (feature dpdk): headers and PMDs, testpmd, libclang for bindgen; ethtool for its
+# af_packet tests (kernel offloads off on the veth peer).
+pkgs+=(libdpdk-dev dpdk dpdk-dev libclang-dev ethtool)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

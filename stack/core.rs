@@ -90,6 +90,27 @@ impl Stack {
                     tap::open(&iface, cfg.cores).map_err(|e| StartError::Port(e.to_string()))?;
                 Self::start_on(cfg, queues, factory)
             }
+            #[cfg(feature = "dpdk")]
+            PortSpec::Dpdk { eal_args } => {
+                use crate::pmd::dpdk;
+                let opts = dpdk::OpenOptions {
+                    queues: cfg.cores,
+                    cpus: cfg.cpus.clone(),
+                    budget: cfg.budget,
+                    link_timeout: Duration::from_secs(10),
+                };
+                let opened =
+                    dpdk::open(&eal_args, &opts).map_err(|e| StartError::Port(e.to_string()))?;
+                let mut cfg = cfg;
+                // A NIC filters on its own address; the cores run on the user's lcores, if named.
+                if cfg.mac.is_none() {
+                    cfg.mac = opened.mac;
+                }
+                if cfg.cpus.is_empty() && !opened.lcores.is_empty() {
+                    cfg.cpus = opened.lcores;
+                }
+                Self::start_on(cfg, opened.queues, factory)
+            }
         }
     }
 

@@ -56,7 +56,8 @@ pub(crate) fn capabilities(caps: &Caps) -> DeviceCapabilities {
     c.ipv4 = tx;
     c.tcp = tx;
     c.udp = tx;
-    c.icmpv4 = tx;
+    // No NIC offloads ICMP checksums: compute them even when the port fills in IP/TCP/UDP ones.
+    c.icmpv4 = Checksum::Tx;
     d.checksum = c;
     d
 }
