@@ -5,8 +5,9 @@
 //! [`Queue::free`]; transmit frames come from [`Queue::alloc_tx`] and go out with [`Queue::tx_burst`],
 //! which takes exactly the prefix it could send. In steady state nothing here allocates.
 //!
-//! Backends: [`tap`] (a Linux TAP device, multi-queue) and [`mem`] (an in-process wire for tests and
-//! benchmarks, with loss and reordering hooks).
+//! Backends: [`tap`] (a Linux TAP device, multi-queue), [`xdp`] (AF_XDP sockets on a NIC the kernel
+//! keeps using) and [`mem`] (an in-process wire for tests and benchmarks, with loss and reordering
+//! hooks).
 
 #![allow(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod mem;
 #[doc(hidden)]
 pub mod sys;
 pub mod tap;
+pub mod xdp;
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -128,6 +130,15 @@ pub enum PortSpec {
         /// Interface name (at most 15 bytes).
         iface: String,
     },
+    /// `xdp:IFACE[:skb|drv|auto][,queues=N]` — AF_XDP sockets on an existing interface.
+    Xdp {
+        /// Interface name.
+        iface: String,
+        /// Where the XDP program runs.
+        mode: xdp::XdpMode,
+        /// Queues to open (default: one per core).
+        queues: Option<usize>,
+    },
 }
 
 /// A port argument that could not be understood.
@@ -158,11 +169,18 @@ impl std::str::FromStr for PortSpec {
                     iface: rest.to_string(),
                 })
             }
-            "xdp" | "dpdk" => Err(PortSpecError(format!(
+            "xdp" => xdp::parse_spec(s, rest)
+                .map(|(iface, mode, queues)| PortSpec::Xdp {
+                    iface,
+                    mode,
+                    queues,
+                })
+                .map_err(PortSpecError),
+            "dpdk" => Err(PortSpecError(format!(
                 "port '{s}': the {kind} backend is not built into this longhaul yet; use tap:IFACE"
             ))),
             _ => Err(PortSpecError(format!(
-                "bad port '{s}': expected tap:IFACE (xdp:IFACE and dpdk:\"EAL args\" come later)"
+                "bad port '{s}': expected tap:IFACE or xdp:IFACE[:skb|drv|auto][,queues=N]"
             ))),
         }
     }
