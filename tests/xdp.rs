@@ -17,7 +17,7 @@ use common::{
 };
 use longhaul::{App, Event, Io, Stack};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_longhaul");
@@ -103,7 +103,9 @@ impl VethPair {
     /// Starts `longhaul echo` on the stack's end and waits for its ready line.
     fn spawn_echo(&self, suffix: &str, args: &[&str]) -> Proc {
         let port = self.port(suffix);
-        let mut cmd = vec![BIN, "echo", "--port", &port, "--ip", STACK_CIDR];
+        // Unpinned: the tests of this file run in parallel, and pinned instances would all share
+        // the first CPU.
+        let mut cmd = vec![BIN, "echo", "--port", &port, "--ip", STACK_CIDR, "--no-pin"];
         cmd.extend_from_slice(args);
         self.stack
             .spawn_marked(&cmd, "ready", Duration::from_secs(20))
@@ -140,9 +142,88 @@ impl VethPair {
     }
 }
 
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the kernel saw, for the failure report.
+            for (ns, cmd) in [
+                (&self.peer, &["ss", "-tin"][..]),
+                (&self.peer, &["ip", "-s", "link"][..]),
+                (&self.stack, &["ip", "-s", "link"][..]),
+            ] {
+                let out = ns.exec(cmd);
+                eprintln!(
+                    "--- {} in {}:\n{}",
+                    cmd.join(" "),
+                    ns.name(),
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+    }
+}
+
+/// Prints what a longhaul process said if the test fails while it runs.
+struct ReportOnPanic<'a>(&'a Proc);
+
+impl Drop for ReportOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self.0.stdout_lines();
+            let tail = &out[out.len().saturating_sub(3)..];
+            eprintln!(
+                "--- longhaul stdout (last lines):\n{}\n--- stderr:\n{}",
+                tail.join("\n"),
+                self.0.stderr()
+            );
+        }
+    }
+}
+
+/// Connects from a socket whose receive buffer holds a whole test stream, so the peer never
+/// advertises a zero window. (smoltcp 0.14, under the engine, does not recover from a peer's zero
+/// window: the peer's ACK of its 1-byte window probe is taken as acking unsent data and the
+/// connection stalls; seen here when parallel tests starve a reader. Not a backend matter.)
 fn connect(to: SocketAddrV4) -> TcpStream {
-    let s = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    // SAFETY: plain socket(2); the result is checked and owned by the TcpStream below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is fresh and owned by nothing else.
+    let s = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let rcvbuf: libc::c_int = 32 << 20;
+    // SAFETY: passes a live c_int of its own size (root may exceed rmem_max with ...FORCE).
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    // SAFETY: sa is a live sockaddr_in and the length matches it.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "connect to {to}: {}",
+        std::io::Error::last_os_error()
+    );
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s
@@ -233,7 +314,8 @@ fn ping(ns: &Netns, to: Ipv4Addr) {
 /// The kernel-peer echo checks over AF_XDP in one mode.
 fn echo_suite(tag: &str, mode: &str) {
     let pair = VethPair::new(tag, 1);
-    let mut echo = pair.spawn_echo(&format!(":{mode}"), &["--quiet"]);
+    let mut echo = pair.spawn_echo(&format!(":{mode}"), &["--stats-interval", "1"]);
+    let report = ReportOnPanic(&echo);
     let said = echo.stderr();
     assert!(
         said.contains(&format!("{mode} mode")) && said.contains("copy mode"),
@@ -246,6 +328,7 @@ fn echo_suite(tag: &str, mode: &str) {
     ping(&pair.peer, STACK_IP);
     udp_echo(&pair);
     echo_flows(&pair, 4, 4 << 20);
+    drop(report);
     assert!(echo.is_running(), "echo died: {}", echo.stderr());
     assert!(echo.stop().success(), "echo did not exit cleanly");
     assert!(
@@ -292,7 +375,8 @@ fn kernel_keeps_its_traffic_on_the_shared_interface() {
     }
     let pair = VethPair::new("xshare", 1);
     let _server = kernel_echo_server(&pair.stack);
-    let mut echo = pair.spawn_echo("", &["--quiet"]);
+    let mut echo = pair.spawn_echo("", &["--stats-interval", "1"]);
+    let report = ReportOnPanic(&echo);
     // Longhaul's traffic and the kernel's, at the same time, over the same veth end.
     let kernel_flow = pair
         .peer
@@ -303,6 +387,7 @@ fn kernel_keeps_its_traffic_on_the_shared_interface() {
     ping(&pair.peer, STACK_IP);
     // And the other way: the kernel behind the shared interface reaches the peer.
     ping(&pair.stack, KERNEL_IP);
+    drop(report);
     assert!(echo.is_running(), "echo died: {}", echo.stderr());
     assert!(echo.stop().success());
     // With longhaul gone the kernel still has the interface.

@@ -522,29 +522,6 @@ impl Queue for XdpQueue {
 
 impl Drop for XdpQueue {
     fn drop(&mut self) {
-        if std::env::var_os("LONGHAUL_XDP_DEBUG").is_some() {
-            let mut st = [0u64; 6];
-            let mut len = 48 as libc::socklen_t;
-            // SAFETY: debug only: xdp_statistics is six u64.
-            unsafe {
-                libc::getsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_XDP,
-                    libc::XDP_STATISTICS,
-                    st.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            eprintln!(
-                "xdp debug: {:?} kernel stats {:?} free {} lent {} tx pending {} fill pending {}",
-                self.stats,
-                st,
-                self.free_chunks.len(),
-                self.lent,
-                self.tx.pending(),
-                self.fill.pending()
-            );
-        }
         // Frames still lent out point into the UMEM: keep it mapped rather than leave them dangling.
         if self.lent > 0 {
             if let Some(m) = self.umem.take() {
