@@ -7,7 +7,7 @@
 //! separate fill/completion pair per queue anyway (the kernel requires one per queue since 5.10)
 //! sharing would save only memory, 32 MiB a queue.
 //!
-//! A small XDP program (see [`bpf`]) redirects to the sockets only IPv4 frames for the stack's
+//! A small XDP program (25 instructions, `pmd/xdp/bpf.rs`) redirects to the sockets only IPv4 frames for the stack's
 //! address and ARP frames about it; all other frames go on to the kernel (`XDP_PASS`), so SSH or
 //! anything else the host runs on the interface keeps working. The program is attached as a BPF
 //! link, which the kernel removes as soon as its descriptor closes: on a clean stop, when a core
