@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-pkgs=(iproute2 iputils-ping iperf3 tcpdump curl wrk procps psmisc pkg-config gcc libc6-dev python3 nginx-light socat util-linux)
+pkgs=(iproute2 iputils-ping iperf3 tcpdump curl wrk procps psmisc pkg-config gcc libc6-dev python3 nginx-light socat util-linux ethtool)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
