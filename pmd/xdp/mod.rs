@@ -26,18 +26,24 @@
 //! address unless `--mac` says otherwise (a NIC drops frames for other MACs).
 
 mod bpf;
+mod error;
 mod netdev;
 mod ring;
+mod socket;
+
+use error::is_perm;
+pub use error::XdpError;
+use socket::{bind_queue, bound_zero_copy, new_socket};
 
 use super::{Caps, Frame, Queue};
 use ring::{Mmap, Ring};
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes per UMEM chunk (one frame).
 const FRAME_SIZE: u32 = 4096;
@@ -114,115 +120,6 @@ pub fn parse_spec(whole: &str, rest: &str) -> Result<(String, XdpMode, Option<us
         }
     }
     Ok((iface.to_string(), mode, queues))
-}
-
-/// Why an AF_XDP port could not be opened. Each message is one line saying how to fix it.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum XdpError {
-    /// No interface of that name (in this network namespace).
-    NoInterface(String),
-    /// The interface is down.
-    InterfaceDown(String),
-    /// A queue beyond the interface's receive queues was asked for.
-    QueueOutOfRange {
-        /// The interface.
-        iface: String,
-        /// Queues asked for.
-        wanted: usize,
-        /// Receive queues the interface has.
-        available: u32,
-    },
-    /// Another XDP program is attached to the interface.
-    AlreadyAttached(String, io::Error),
-    /// The queue stayed busy (another AF_XDP socket on it) for the whole retry period.
-    QueueBusy {
-        /// The interface.
-        iface: String,
-        /// The busy queue.
-        queue: u32,
-    },
-    /// `drv` was asked for and the driver has no native XDP.
-    DriverModeUnsupported(String, io::Error),
-    /// The interface MTU does not fit a UMEM frame.
-    MtuTooLarge {
-        /// The interface.
-        iface: String,
-        /// Its MTU.
-        mtu: usize,
-        /// The largest MTU a frame holds.
-        max: usize,
-    },
-    /// Missing CAP_NET_ADMIN / CAP_NET_RAW / CAP_BPF.
-    NotPermitted(&'static str),
-    /// The kernel was built without AF_XDP sockets or BPF links.
-    Unsupported(&'static str, io::Error),
-    /// The verifier refused the filter program (a bug; the log says why).
-    Verifier(io::Error, String),
-    /// Any other system error.
-    Io(&'static str, io::Error),
-    /// The port spec and the other settings disagree.
-    Config(String),
-}
-
-impl fmt::Display for XdpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            XdpError::NoInterface(i) => write!(
-                f,
-                "xdp: no interface named {i} in this network namespace: check the name with `ip link`"
-            ),
-            XdpError::InterfaceDown(i) => {
-                write!(f, "xdp: interface {i} is down: bring it up with `ip link set {i} up`")
-            }
-            XdpError::QueueOutOfRange {
-                iface,
-                wanted,
-                available,
-            } => write!(
-                f,
-                "xdp: {iface} has {available} receive queue(s) and {wanted} were asked for: use queues={available} or fewer, or add channels with `ethtool -L {iface} combined {wanted}`"
-            ),
-            XdpError::AlreadyAttached(i, e) => write!(
-                f,
-                "xdp: another XDP program is attached to {i} ({e}): see it with `ip link show {i}`, remove it with `ip link set {i} xdp off` (or xdpgeneric off) if nothing needs it"
-            ),
-            XdpError::QueueBusy { iface, queue } => write!(
-                f,
-                "xdp: queue {queue} of {iface} is still in use by another AF_XDP socket after {}s of retries: stop the other program, or wait and start again",
-                BUSY_RETRY.as_secs()
-            ),
-            XdpError::DriverModeUnsupported(i, e) => write!(
-                f,
-                "xdp: the driver of {i} has no native XDP ({e}): use xdp:{i}:skb (or :auto)"
-            ),
-            XdpError::MtuTooLarge { iface, mtu, max } => write!(
-                f,
-                "xdp: {iface} has MTU {mtu}, larger than an AF_XDP frame holds ({max}): lower it with `ip link set {iface} mtu {max}`"
-            ),
-            XdpError::NotPermitted(what) => write!(
-                f,
-                "xdp: {what} needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF: run as root (or setcap cap_net_admin,cap_net_raw,cap_bpf+ep longhaul)"
-            ),
-            XdpError::Unsupported(what, e) => write!(
-                f,
-                "xdp: this kernel cannot {what} ({e}): AF_XDP needs Linux 5.10 or newer built with CONFIG_XDP_SOCKETS and CONFIG_BPF_SYSCALL"
-            ),
-            XdpError::Verifier(e, log) => write!(
-                f,
-                "xdp: the kernel refused the filter program ({e}); verifier says: {}",
-                log.lines().last().unwrap_or("nothing")
-            ),
-            XdpError::Io(what, e) => write!(f, "xdp: {what}: {e}"),
-            XdpError::Config(m) => write!(f, "{m}"),
-        }
-    }
-}
-
-impl std::error::Error for XdpError {}
-
-fn is_perm(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
 }
 
 /// What an opened port ended up with.
@@ -534,226 +431,6 @@ impl Drop for XdpQueue {
 impl fmt::Debug for XdpQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "XdpQueue({}, fd {})", self.info, self.fd.as_raw_fd())
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: passes a live T of its own size to an AF_XDP option that takes exactly that struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            opt,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Whether the bound socket runs zero-copy, as the kernel reports it (`XDP_OPTIONS`).
-fn bound_zero_copy(fd: &OwnedFd) -> io::Result<bool> {
-    let mut v = libc::xdp_options { flags: 0 };
-    let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into the live struct.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            libc::XDP_OPTIONS,
-            (&mut v as *mut libc::xdp_options).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(v.flags & libc::XDP_OPTIONS_ZEROCOPY != 0)
-    }
-}
-
-/// A socket with its UMEM registered and its rings mapped, not yet bound.
-struct Unbound {
-    fd: OwnedFd,
-    umem: Mmap,
-    fill: Ring<u64>,
-    comp: Ring<u64>,
-    rx: Ring<libc::xdp_desc>,
-    tx: Ring<libc::xdp_desc>,
-}
-
-fn new_socket() -> Result<Unbound, XdpError> {
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => XdpError::NotPermitted("an AF_XDP socket"),
-            Some(libc::EAFNOSUPPORT) => XdpError::Unsupported("open AF_XDP sockets", e),
-            _ => XdpError::Io("socket(AF_XDP)", e),
-        });
-    }
-    // SAFETY: fd is fresh and owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // In copy mode every frame in flight is an skb charged to the socket's send buffer; the default
-    // (~200 KiB) would stall transmission long before the ring or the UMEM runs out, so make the
-    // UMEM the only limit. Best effort: without CAP_NET_ADMIN the default stays.
-    let sndbuf: libc::c_int = (FRAMES * FRAME_SIZE * 2) as libc::c_int;
-    // SAFETY: passes a live c_int of its own size to a socket-level option that takes one.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (&sndbuf as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    let umem = Mmap::anonymous((FRAMES * FRAME_SIZE) as usize)
-        .map_err(|e| XdpError::Io("allocate the UMEM", e))?;
-    let reg = libc::xdp_umem_reg {
-        addr: umem.as_ptr() as u64,
-        len: umem.len() as u64,
-        chunk_size: FRAME_SIZE,
-        headroom: 0,
-        flags: 0,
-        tx_metadata_len: 0,
-    };
-    setsockopt(&fd, libc::XDP_UMEM_REG, &reg).map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => XdpError::Io(
-            "register the UMEM (locked memory limit? raise it with `ulimit -l unlimited`)",
-            e,
-        ),
-        _ => XdpError::Io("register the UMEM", e),
-    })?;
-    for opt in [
-        libc::XDP_UMEM_FILL_RING,
-        libc::XDP_UMEM_COMPLETION_RING,
-        libc::XDP_RX_RING,
-        libc::XDP_TX_RING,
-    ] {
-        setsockopt(&fd, opt, &RING_SIZE).map_err(|e| XdpError::Io("size the rings", e))?;
-    }
-    let off: libc::xdp_mmap_offsets = getsockopt_offsets(&fd)?;
-    let raw = fd.as_raw_fd();
-    let io = |e| XdpError::Io("map the rings", e);
-    let fill = Ring::map(raw, &off.fr, RING_SIZE, libc::XDP_UMEM_PGOFF_FILL_RING).map_err(io)?;
-    let comp = Ring::map(
-        raw,
-        &off.cr,
-        RING_SIZE,
-        libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-    )
-    .map_err(io)?;
-    let rx = Ring::map(raw, &off.rx, RING_SIZE, libc::XDP_PGOFF_RX_RING as u64).map_err(io)?;
-    let tx = Ring::map(raw, &off.tx, RING_SIZE, libc::XDP_PGOFF_TX_RING as u64).map_err(io)?;
-    Ok(Unbound {
-        fd,
-        umem,
-        fill,
-        comp,
-        rx,
-        tx,
-    })
-}
-
-fn getsockopt_offsets(fd: &OwnedFd) -> Result<libc::xdp_mmap_offsets, XdpError> {
-    // SAFETY: xdp_mmap_offsets is plain integers; all-zero is a valid value.
-    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into the live struct.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            libc::XDP_MMAP_OFFSETS,
-            (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(XdpError::Io(
-            "read the ring offsets",
-            io::Error::last_os_error(),
-        ));
-    }
-    if len as usize != std::mem::size_of::<libc::xdp_mmap_offsets>() {
-        return Err(XdpError::Unsupported(
-            "report ring flags (need_wakeup)",
-            io::Error::from_raw_os_error(libc::EINVAL),
-        ));
-    }
-    Ok(off)
-}
-
-fn bind(fd: &OwnedFd, ifindex: u32, queue: u32, flags: u16) -> io::Result<()> {
-    let sa = libc::sockaddr_xdp {
-        sxdp_family: libc::AF_XDP as u16,
-        sxdp_flags: flags | libc::XDP_USE_NEED_WAKEUP,
-        sxdp_ifindex: ifindex,
-        sxdp_queue_id: queue,
-        sxdp_shared_umem_fd: 0,
-    };
-    // SAFETY: sa is a live sockaddr_xdp and the length matches it.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_xdp).cast(),
-            std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Binds zero-copy when allowed and offered, copy mode otherwise; retries EBUSY with back-off.
-fn bind_queue(
-    s: &Unbound,
-    iface: &str,
-    ifindex: u32,
-    queue: u32,
-    try_zero_copy: bool,
-) -> Result<bool, XdpError> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    let mut zero_copy = try_zero_copy;
-    loop {
-        let flags = if zero_copy {
-            libc::XDP_ZEROCOPY
-        } else {
-            libc::XDP_COPY
-        };
-        match bind(&s.fd, ifindex, queue, flags) {
-            Ok(()) => return Ok(zero_copy),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EBUSY) if started.elapsed() < BUSY_RETRY => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Some(libc::EBUSY) => {
-                    return Err(XdpError::QueueBusy {
-                        iface: iface.to_string(),
-                        queue,
-                    })
-                }
-                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EPROTONOSUPPORT)
-                    if zero_copy =>
-                {
-                    zero_copy = false
-                }
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    return Err(XdpError::NotPermitted("binding an AF_XDP socket"))
-                }
-                _ => return Err(XdpError::Io("bind the AF_XDP socket", e)),
-            },
-        }
     }
 }
 
