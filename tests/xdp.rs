@@ -420,26 +420,38 @@ fn restarts_on_the_same_interface_without_cleanup() {
         return;
     }
     let pair = VethPair::new("xrst", 1);
-    for round in 0..3 {
-        let echo = pair.spawn_echo(":drv", &["--quiet"]);
-        echo_flows(&pair, 1, 256 << 10);
-        if round == 1 {
-            // Killed outright: the kernel must still detach the program and free the queue.
-            // SAFETY: the pid is our unreaped child.
-            unsafe { libc::kill(echo.pid() as libc::pid_t, libc::SIGKILL) };
-        }
-        let status = echo.stop();
-        if round != 1 {
-            assert!(status.success(), "round {round}: echo did not exit cleanly");
-        }
+    let detached = |what: &str| {
         assert!(
             wait_for(Duration::from_secs(2), || !pair
                 .link_show()
                 .contains("prog/xdp")),
-            "round {round}: the XDP program is still attached: {}",
+            "{what}: the XDP program is still attached: {}",
             pair.link_show()
         );
-    }
+    };
+    // 1. Stopped with SIGTERM, then started again.
+    let echo = pair.spawn_echo(":drv", &["--quiet"]);
+    echo_flows(&pair, 1, 256 << 10);
+    assert!(echo.stop().success(), "first run did not exit cleanly");
+    detached("after SIGTERM");
+    // 2. Killed outright: the kernel must still detach the program and free the queue.
+    let echo = pair.spawn_echo(":drv", &["--quiet"]);
+    echo_flows(&pair, 1, 256 << 10);
+    // SAFETY: the pid is our unreaped child.
+    unsafe { libc::kill(echo.pid() as libc::pid_t, libc::SIGKILL) };
+    echo.stop();
+    detached("after SIGKILL");
+    // 3. Started while the previous one is still stopping (program and queue not yet free): the
+    //    new one waits for them instead of failing.
+    let old = pair.spawn_echo(":drv", &["--quiet"]);
+    echo_flows(&pair, 1, 256 << 10);
+    // SAFETY: the pid is our unreaped child.
+    unsafe { libc::kill(old.pid() as libc::pid_t, libc::SIGTERM) };
+    let new = pair.spawn_echo(":drv", &["--quiet"]);
+    assert!(old.stop().success(), "the old run did not exit cleanly");
+    echo_flows(&pair, 1, 256 << 10);
+    assert!(new.stop().success(), "the new run did not exit cleanly");
+    detached("after the overlapping restart");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Why an AF_XDP port could not be opened, one line each with the fix.
 
-use super::BUSY_RETRY;
+use super::{ATTACH_RETRY, BUSY_RETRY};
 use std::fmt;
 use std::io;
 
@@ -73,7 +73,8 @@ impl fmt::Display for XdpError {
             ),
             XdpError::AlreadyAttached(i, e) => write!(
                 f,
-                "xdp: another XDP program is attached to {i} ({e}): see it with `ip link show {i}`, remove it with `ip link set {i} xdp off` (or xdpgeneric off) if nothing needs it"
+                "xdp: another XDP program is attached to {i} ({e}, still after {}s): see it with `ip link show {i}`, remove it with `ip link set {i} xdp off` (or xdpgeneric off) if nothing needs it",
+                ATTACH_RETRY.as_secs()
             ),
             XdpError::QueueBusy { iface, queue } => write!(
                 f,

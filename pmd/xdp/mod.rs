@@ -43,7 +43,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes per UMEM chunk (one frame).
 const FRAME_SIZE: u32 = 4096;
@@ -57,6 +57,8 @@ const XDP_PACKET_HEADROOM: u32 = 256;
 const TX_RESERVE: usize = 1024;
 /// Refill the fill ring only when at least this many slots are free (refills in bursts).
 const FILL_BATCH: u32 = 64;
+/// How long an attach that finds another XDP program is retried (a stopping longhaul's link).
+const ATTACH_RETRY: Duration = Duration::from_secs(3);
 /// How long a bind that fails with EBUSY (the previous socket on the queue still being torn down
 /// by the kernel) is retried.
 const BUSY_RETRY: Duration = Duration::from_secs(5);
@@ -484,7 +486,24 @@ pub fn open(
     })?;
     // Attach first (so the mode is known and a foreign program is found before any socket takes
     // a queue); until the sockets are in the map, frames for us go to the kernel (XDP_PASS).
-    let attach = |flags| bpf::attach_link(&prog, dev.ifindex, flags);
+    // A program already there may belong to a longhaul still stopping on this interface (its link
+    // goes when that process ends, within ~1 s): retry for a while before calling it foreign.
+    let started = Instant::now();
+    let attach = |flags| {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match bpf::attach_link(&prog, dev.ifindex, flags) {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST))
+                        && started.elapsed() < ATTACH_RETRY =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
+    };
     let already = |e: io::Error| XdpError::AlreadyAttached(iface.to_string(), e);
     let (link, used) = match mode {
         XdpMode::Skb => (attach(bpf::XDP_FLAGS_SKB_MODE), XdpMode::Skb),
