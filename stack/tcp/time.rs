@@ -50,10 +50,7 @@ impl Instant {
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, d: Duration) -> Instant {
-        Instant(
-            self.0
-                .saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
-        )
+        Instant(self.0.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64))
     }
 }
 
@@ -66,10 +63,7 @@ impl AddAssign<Duration> for Instant {
 impl Sub<Duration> for Instant {
     type Output = Instant;
     fn sub(self, d: Duration) -> Instant {
-        Instant(
-            self.0
-                .saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64),
-        )
+        Instant(self.0.saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64))
     }
 }
 
