@@ -5,9 +5,10 @@
 //! [`Queue::free`]; transmit frames come from [`Queue::alloc_tx`] and go out with [`Queue::tx_burst`],
 //! which takes exactly the prefix it could send. In steady state nothing here allocates.
 //!
-//! Backends: [`tap`] (a Linux TAP device, multi-queue) and [`mem`] (an in-process wire for tests and
-//! benchmarks, with loss and reordering hooks); with the `dpdk` feature, `dpdk` (DPDK poll-mode
-//! drivers). [`rss`] computes which queue a flow lands on.
+//! Backends: [`tap`] (a Linux TAP device, multi-queue), [`xdp`] (AF_XDP sockets on a NIC the kernel
+//! keeps using), [`mem`] (an in-process wire for tests and benchmarks, with loss and reordering
+//! hooks) and, with the `dpdk` feature, `dpdk` (DPDK poll-mode drivers). [`rss`] computes which
+//! queue a flow lands on.
 
 #![allow(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod rss;
 #[doc(hidden)]
 pub mod sys;
 pub mod tap;
+pub mod xdp;
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -136,6 +138,15 @@ pub enum PortSpec {
         /// Interface name (at most 15 bytes).
         iface: String,
     },
+    /// `xdp:IFACE[:skb|drv|auto][,queues=N]` — AF_XDP sockets on an existing interface.
+    Xdp {
+        /// Interface name.
+        iface: String,
+        /// Where the XDP program runs.
+        mode: xdp::XdpMode,
+        /// Queues to open (default: one per core).
+        queues: Option<usize>,
+    },
     /// `dpdk:"EAL ARGS"` — the first Ethernet port DPDK finds after `rte_eal_init` with these
     /// arguments (split like a shell would), e.g. `dpdk:"-l 2-5 -a 0000:3b:00.0"`.
     #[cfg(feature = "dpdk")]
@@ -173,6 +184,13 @@ impl std::str::FromStr for PortSpec {
                     iface: rest.to_string(),
                 })
             }
+            "xdp" => xdp::parse_spec(s, rest)
+                .map(|(iface, mode, queues)| PortSpec::Xdp {
+                    iface,
+                    mode,
+                    queues,
+                })
+                .map_err(PortSpecError),
             #[cfg(feature = "dpdk")]
             "dpdk" => dpdk::parse_eal_args(rest)
                 .map(|eal_args| PortSpec::Dpdk { eal_args })
@@ -181,11 +199,8 @@ impl std::str::FromStr for PortSpec {
             "dpdk" => Err(PortSpecError(format!(
                 "port '{s}': this longhaul was built without DPDK: rebuild with --features dpdk (needs libdpdk-dev libclang-dev pkg-config)"
             ))),
-            "xdp" => Err(PortSpecError(format!(
-                "port '{s}': the {kind} backend is not built into this longhaul yet; use tap:IFACE"
-            ))),
             _ => Err(PortSpecError(format!(
-                "bad port '{s}': expected tap:IFACE (xdp:IFACE and dpdk:\"EAL args\" come later)"
+                "bad port '{s}': expected tap:IFACE, xdp:IFACE[:skb|drv|auto][,queues=N] or dpdk:\"EAL ARGS\""
             ))),
         }
     }

@@ -19,6 +19,12 @@
 #   client ns  lhbc<pid>  198.18.1.1/24 ──veth──── server ns lhbs<pid> 198.18.1.2/24, kernel echo :7
 #   client ns  lhbd<pid>  198.18.2.1/24 ──DPDK net_tap──────── longhaul echo 198.18.2.2/24 (DPDK rows)
 #   client ns  lhbk<pid>  198.18.3.1/24 ──veth── lhbp<pid> ── DPDK af_packet, longhaul echo 198.18.3.2/24
+#   client ns  lhbsc<pid> 198.18.4.1/24 ──veth──── xdp ns lh-bench-xs<pid>, lhbss<pid>: longhaul echo 198.18.4.2 on AF_XDP, skb mode
+#   client ns  lhbdc<pid> 198.18.5.1/24 ──veth──── xdp ns lh-bench-xd<pid>, lhbds<pid>: longhaul echo 198.18.5.2 on AF_XDP, drv mode
+#
+# The AF_XDP rows (echo tests only) use the same app and load as the TAP rows; their ratio is to the
+# same kernel run. The client's ends of the AF_XDP veths have transmit checksum offload off (an
+# AF_XDP socket on a veth sees the frame before the checksum is filled in). BENCH_XDP=0 skips them.
 #
 # The load comes from `longhaul loadgen` (kernel sockets) in the client namespace: `stream`
 # (continuous writes, echo read back) and `rr` (64-byte request/response). Output: a table on
@@ -52,6 +58,10 @@ BIN=$TARGET_DIR/release/longhaul
 ID=$$
 NS_C=lh-bench-c$ID
 NS_S=lh-bench-s$ID
+NS_XS=lh-bench-xs$ID
+NS_XD=lh-bench-xd$ID
+XDP=${BENCH_XDP:-1}
+command -v ethtool >/dev/null || XDP=0
 TAP=lhbt$ID
 VETH_C=lhbc$ID
 VETH_S=lhbs$ID
@@ -76,6 +86,8 @@ cleanup() {
     ip netns del "$NS_C" 2>/dev/null || true
     ip netns del "$NS_S" 2>/dev/null || true
     rm -rf "/var/run/dpdk/lhbt$ID" "/var/run/dpdk/lhbp$ID" 2>/dev/null || true
+    ip netns del "$NS_XS" 2>/dev/null || true
+    ip netns del "$NS_XD" 2>/dev/null || true
     if [[ $rc -ne 0 ]]; then
         echo "bench.sh: failed (exit $rc); logs kept in $LOGDIR" >&2
     else
@@ -99,6 +111,27 @@ ip -n "$NS_S" addr add $KERNEL_IP/24 dev "$VETH_S"
 ip -n "$NS_C" link set "$VETH_C" up
 ip -n "$NS_S" link set "$VETH_S" up
 
+# AF_XDP: one veth pair and one longhaul echo per mode (a program per interface at a time).
+XDP_TARGETS=()
+if [[ $XDP == 1 ]]; then
+    for m in skb drv; do
+        if [[ $m == skb ]]; then ns=$NS_XS net=4; else ns=$NS_XD net=5; fi
+        vc=lhb${m:0:1}c$ID vs=lhb${m:0:1}s$ID
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        ip -n "$NS_C" link add "$vc" type veth peer name "$vs" netns "$ns"
+        ip -n "$NS_C" addr add 198.18.$net.1/24 dev "$vc"
+        ip -n "$NS_C" link set "$vc" up
+        ip -n "$ns" link set "$vs" up
+        ip netns exec "$NS_C" ethtool -K "$vc" tx off >/dev/null
+        # shellcheck disable=SC2086 # LONGHAUL_FLAGS is a list of flags
+        ip netns exec "$ns" "${SERVER_PIN[@]}" "$BIN" echo --port "xdp:$vs:$m" --ip 198.18.$net.2/24 --listen $PORT \
+            --nodelay --quiet ${LONGHAUL_FLAGS:-} >"$LOGDIR/xdp-$m.log" 2>&1 &
+        PIDS+=($!)
+        XDP_TARGETS+=("xdp-$m|198.18.$net.2")
+    done
+fi
+
 # ------------------------------------------------------------------------------------- servers
 # shellcheck disable=SC2086 # LONGHAUL_FLAGS is a list of flags
 ip netns exec "$NS_C" "${SERVER_PIN[@]}" "$BIN" echo --port "tap:$TAP" --ip $LH_IP/24 --listen $PORT --nodelay --quiet \
@@ -119,6 +152,11 @@ wait_ready() { # name log pattern
 }
 wait_ready "longhaul echo" "$LOGDIR/longhaul.log" "ready"
 wait_ready "kernel echo server" "$LOGDIR/kernel.log" "listening"
+for t in "${XDP_TARGETS[@]}"; do
+    wait_ready "longhaul echo on AF_XDP (${t%%|*})" "$LOGDIR/${t%%|*}.log" "ready"
+    ip netns exec "$NS_C" ping -c 1 -W 2 "${t#*|}" >/dev/null
+    echo "== ${t%%|*}: $(grep -m1 '^longhaul: xdp' "$LOGDIR/${t%%|*}.log")"
+done
 # ARP and a first round trip before anything is measured.
 ip netns exec "$NS_C" ping -c 1 -W 2 $LH_IP >/dev/null
 ip netns exec "$NS_C" ping -c 1 -W 2 $KERNEL_IP >/dev/null
@@ -173,6 +211,9 @@ for t in "stream 1|stream|1|" "stream 8|stream|8|" "rr 1|rr|1|64" "rr 16|rr|16|6
     IFS='|' read -r name mode conns size <<<"$t"
     TESTS+=("$name")
     run "$name" longhaul $LH_IP "$mode" "$conns" "$size"
+    for t in "${XDP_TARGETS[@]}"; do
+        run "$name" "${t%%|*}" "${t#*|}" "$mode" "$conns" "$size"
+    done
     run "$name" linux $KERNEL_IP "$mode" "$conns" "$size"
 done
 
@@ -318,6 +359,14 @@ for name in "${TESTS[@]}"; do
         ROWS+=("$name conn 64 B p99|$name|p99_us|µs|down")
     fi
 done
+# The same rows for AF_XDP (echo tests only), against the same kernel run: label|..|target.
+TAP_ROWS=("${ROWS[@]}")
+for t in "${XDP_TARGETS[@]}"; do
+    x=${t%%|*}
+    for row in "${TAP_ROWS[@]}"; do
+        [[ $row == stream* || $row == rr* ]] && ROWS+=("${row%%|*} [AF_XDP ${x#xdp-}]|${row#*|}|$x")
+    done
+done
 
 cell() { # test target key
     if [[ ${R[$1|$2|ok]:-0} == 1 ]]; then
@@ -347,6 +396,7 @@ CSV=$LOGDIR/table.csv
     echo "- $SECS s measured per test after ${WARMUP} s warm-up; client: \`longhaul loadgen\` (kernel sockets, TCP_NODELAY)"
     echo "- longhaul: \`longhaul echo --port tap:IFACE --nodelay ${LONGHAUL_FLAGS:-}\`, 1 core, kernel client through a TAP"
     echo "- linux: \`longhaul loadgen echo-server\` (thread per connection) in another namespace, through a veth"
+    [[ ${#XDP_TARGETS[@]} -gt 0 ]] && echo "- [AF_XDP skb/drv] rows: the same \`longhaul echo\` on \`--port xdp:VETH:skb|drv\` (copy mode: a veth offers no zero-copy), kernel client through a veth with tx checksum offload off; the ratio is to the same linux run"
     echo "- not the same wire: a veth passes 64 KB GSO/GRO segments, the TAP (no vnet header) 1514-byte frames, one syscall each"
     echo "- longhaul busy-polls, the kernel server sleeps: on a VM each wake-up of an idle vCPU can cost tens of µs, which dominates rr with few connections on an otherwise idle machine"
     echo "- CPU affinity: servers ${BENCH_SERVER_CPUS:-any}, client ${BENCH_CLIENT_CPUS:-any}; load average at start $LOAD_START, at end $LOAD_END (anything else running skews the numbers)"
@@ -358,8 +408,8 @@ CSV=$LOGDIR/table.csv
 
 printf '\n%-22s %16s %16s %7s\n' test longhaul linux ratio
 for row in "${ROWS[@]}"; do
-    IFS='|' read -r label test key unit dir <<<"$row"
-    a=$(cell "$test" longhaul "$key")
+    IFS='|' read -r label test key unit dir target <<<"$row"
+    a=$(cell "$test" "${target:-longhaul}" "$key")
     b=$(cell "$test" linux "$key")
     r=$(ratio "$a" "$b")
     printf '%-22s %16s %16s %7s\n' "$label ($unit)" "$a" "$b" "$r"

@@ -10,7 +10,7 @@ use super::config::{Config, ConfigError};
 use super::engine::Engine;
 use super::stats::{CoreStats, SharedStats};
 use crate::pmd::sys::{allowed_cpus, pin_to_cpu, random_u64, sleep_on, Wake};
-use crate::pmd::{tap, PortSpec, Queue};
+use crate::pmd::{tap, xdp, PortSpec, Queue};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::fmt;
 use std::sync::Arc;
@@ -110,6 +110,14 @@ impl Stack {
                     cfg.cpus = opened.lcores;
                 }
                 Self::start_on(cfg, opened.queues, factory)
+            }
+            PortSpec::Xdp {
+                iface,
+                mode,
+                queues,
+            } => {
+                let (queues, cfg) = open_xdp(&iface, mode, queues, cfg)?;
+                Self::start_on(cfg, queues, factory)
             }
         }
     }
@@ -269,6 +277,35 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Opens an AF_XDP port: one queue per core (`queues=N` must agree with `--cores` when both are
+/// given). The stack takes the interface's MAC unless one was set. Prints the mode used to stderr.
+fn open_xdp(
+    iface: &str,
+    mode: xdp::XdpMode,
+    queues: Option<usize>,
+    mut cfg: Config,
+) -> Result<(Vec<xdp::XdpQueue>, Config), StartError> {
+    let n = match queues {
+        Some(q) if cfg.cores != 1 && cfg.cores != q => {
+            return Err(ConfigError(format!(
+                "port xdp:{iface} has queues={q} but --cores is {}: one core serves one queue, give one of the two",
+                cfg.cores
+            ))
+            .into())
+        }
+        Some(q) => q,
+        None => cfg.cores,
+    };
+    let ip = cfg.ip.ok_or_else(|| {
+        ConfigError("no address given: add --ip ADDR/PREFIX, e.g. --ip 198.18.0.2/24".into())
+    })?;
+    let opened = xdp::open(iface, mode, n, ip.addr).map_err(|e| StartError::Port(e.to_string()))?;
+    let info = opened[0].info();
+    cfg.mac.get_or_insert(info.mac);
+    eprintln!("longhaul: xdp:{iface}: {n} queue(s), {info}");
+    Ok((opened, cfg))
 }
 
 struct CoreCtx {
