@@ -213,6 +213,9 @@ pub struct Io {
     secret: u64,
     ip_id: u16,
     next_port: u16,
+    /// The port's receive-side scaling, when it spreads flows over several queues by Toeplitz
+    /// hash: outgoing connections then pick local ports whose replies land on this core.
+    rss: Option<crate::pmd::rss::RssConfig>,
     pub(crate) stopping: bool,
 }
 
@@ -368,6 +371,7 @@ impl Io {
             secret: seed,
             ip_id: seed as u16,
             next_port: EPHEMERAL.start() + (seed % port_span) as u16,
+            rss: port_caps.rss.filter(|r| r.queues() > 1),
             stopping: false,
         }
     }
@@ -452,7 +456,10 @@ impl Io {
                 p + 1
             };
             key.local_port = p;
-            if !self.flows.contains_key(&key) && !self.listeners.contains_key(&p) {
+            let steered_here = self.rss.as_ref().is_none_or(|r| {
+                r.queue_for(*remote.ip(), self.local.ip, remote.port(), p) == self.core
+            });
+            if steered_here && !self.flows.contains_key(&key) && !self.listeners.contains_key(&p) {
                 found = true;
                 break;
             }

@@ -8,7 +8,6 @@ use longhaul::pmd::{Frame, Queue};
 use longhaul::stack::fuzz;
 use longhaul::Stack;
 use proptest::prelude::*;
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::*;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -23,46 +22,15 @@ fn syn_frame(seq: u32) -> Vec<u8> {
 }
 
 fn syn_from(src: Ipv4Address, src_port: u16, seq: u32) -> Vec<u8> {
-    let dst = Ipv4Address::new(198, 18, 0, 1);
-    let tcp = TcpRepr {
+    support::syn_frame(
+        PEER_MAC,
+        SERVER_MAC,
+        src.octets(),
+        [198, 18, 0, 1],
         src_port,
-        dst_port: 7,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: None,
-        window_len: 64240,
-        window_scale: Some(7),
-        max_seg_size: Some(1460),
-        sack_permitted: true,
-        sack_ranges: [None, None, None],
-        timestamp: None,
-        payload: &[],
-    };
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress(PEER_MAC),
-        dst_addr: EthernetAddress(SERVER_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
-    let mut f = EthernetFrame::new_unchecked(&mut buf);
-    eth.emit(&mut f);
-    let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-    ip.emit(&mut p, &ChecksumCapabilities::default());
-    let mut t = TcpPacket::new_unchecked(p.payload_mut());
-    tcp.emit(
-        &mut t,
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &ChecksumCapabilities::default(),
-    );
-    buf
+        7,
+        seq,
+    )
 }
 
 fn arp_request() -> Vec<u8> {

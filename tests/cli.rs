@@ -131,7 +131,57 @@ fn configuration_mistakes_get_one_line_and_exit_2() {
         ),
         (
             &["echo", "--port", "dpdk:-l 1", "--ip", "198.18.0.2/24"],
-            "not built into this longhaul",
+            "rebuild with --features dpdk",
+        ),
+        (
+            &[
+                "echo",
+                "--port",
+                "tap:x",
+                "--ip",
+                "198.18.0.2/24",
+                "--cc",
+                "vegas",
+            ],
+            "choose newreno (or reno) or cubic",
+        ),
+        (
+            &[
+                "echo",
+                "--port",
+                "tap:x",
+                "--ip",
+                "198.18.0.2/24",
+                "--rto-min",
+                "soon",
+            ],
+            "--rto-min",
+        ),
+        (
+            &[
+                "echo",
+                "--port",
+                "tap:x",
+                "--ip",
+                "198.18.0.2/24",
+                "--rto-min",
+                "5s",
+                "--rto-max",
+                "1s",
+            ],
+            "need 0 < min <= max",
+        ),
+        (
+            &[
+                "echo",
+                "--port",
+                "tap:x",
+                "--ip",
+                "198.18.0.2/24",
+                "--mss-clamp",
+                "20",
+            ],
+            "use 88 to 9000",
         ),
     ];
     for (args, hint) in cases {

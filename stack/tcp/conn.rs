@@ -256,6 +256,8 @@ pub struct Conn {
     quickacks: u32,
     probe_now: bool,
     rst_now: Option<Seq>,
+    /// The reset carries an ACK (an abort of a synchronized connection, as Linux sends it).
+    rst_ack: bool,
     synack_now: bool,
     syn_now: bool,
 
@@ -368,6 +370,7 @@ impl Conn {
             quickacks: QUICKACKS,
             probe_now: false,
             rst_now: None,
+            rst_ack: false,
             synack_now: false,
             syn_now: false,
             cc,
@@ -692,6 +695,7 @@ impl Conn {
                 | State::CloseWait
         ) {
             self.rst_now = Some(self.snd_nxt);
+            self.rst_ack = true;
         }
         self.finish(End::Aborted);
     }
@@ -1529,7 +1533,9 @@ impl Conn {
             //= rfc9293#section-3.8.6.2.1
             // Sender SWS avoidance: a window-limited runt only when it is at least half the
             // largest window the peer offered.
-            if len < self.max_snd_wnd / 2 || len < cwnd_room.min(wnd_room) {
+            // With nothing in flight no ACK would come to open it further, so the runt goes (as
+            // Linux sends it) rather than wait for a window update that may never be sent.
+            if len < self.max_snd_wnd / 2 && self.snd_nxt != self.snd_una {
                 return None;
             }
         }
@@ -1668,6 +1674,7 @@ impl Conn {
             let mut seg = self.base_segment(now, seq, Flags::default());
             seg.flags = Flags {
                 rst: true,
+                ack: std::mem::take(&mut self.rst_ack),
                 ..Flags::default()
             };
             seg.window = 0;
