@@ -201,6 +201,8 @@ pub struct Conn {
     snd_mss: u32,
     peer_mss: u16,
     nodelay: bool,
+    /// End of the last sub-MSS segment sent (Linux `snd_sml`, for Minshall's Nagle).
+    snd_sml: Seq,
     cork: bool,
     cork_at: Option<Instant>,
 
@@ -323,6 +325,7 @@ impl Conn {
             snd_mss: 536,
             peer_mss: 536,
             nodelay: cfg.nodelay,
+            snd_sml: iss,
             cork: false,
             cork_at: None,
             irs: Seq(0),
@@ -1506,8 +1509,11 @@ impl Conn {
         let tail = len == unsent;
         if tail && len < self.snd_mss && !fin {
             //= rfc9293#section-3.7.4
-            // Nagle: a small tail waits while data is unacknowledged (unless no-delay).
-            if !self.nodelay && self.snd_nxt != self.snd_una {
+            // Nagle, in Minshall's variant as Linux has it: a small tail waits while an earlier
+            // small segment is unacknowledged (unless no-delay). A full segment in flight does
+            // not hold the tail, so a 1.5-MSS write does not wait for a delayed ACK.
+            let small_unacked = self.snd_sml.gt(self.snd_una) && self.snd_sml.le(self.snd_nxt);
+            if !self.nodelay && small_unacked {
                 return None;
             }
             if self.cork {
@@ -1818,6 +1824,9 @@ impl Conn {
         }
         if fin {
             self.fin_seq = Some(seq + len);
+        }
+        if len < self.snd_mss {
+            self.snd_sml = seq + len;
         }
         if fresh.is_some() {
             self.snd_nxt = seg_end;
