@@ -763,6 +763,18 @@ impl Conn {
             }
         }
 
+        // The peer's SYN again (our SYN-ACK was lost): send the SYN-ACK again at once, as Linux
+        // does (tcp_check_req). It sits below RCV.NXT, so this comes before the window test.
+        if self.state == State::SynReceived
+            && seg.flags.syn
+            && !seg.flags.ack
+            && !seg.flags.rst
+            && seg.seq == self.irs
+        {
+            self.synack_now = true;
+            return;
+        }
+
         //= rfc9293#section-3.10.7.4
         // First, check the sequence number.
         if !self.seq_acceptable(seg) {
@@ -811,12 +823,7 @@ impl Conn {
         //= rfc5961#section-4.2
         // Fourth, a SYN in a synchronized state gets a challenge ACK, wherever it falls.
         if seg.flags.syn {
-            if self.state == State::SynReceived && seg.seq == self.irs {
-                // The peer's SYN again: our SYN-ACK was lost.
-                self.synack_now = true;
-            } else {
-                self.challenge_ack(now);
-            }
+            self.challenge_ack(now);
             return;
         }
 
@@ -1664,13 +1671,16 @@ impl Conn {
                 };
                 let mut seg = self.base_segment(now, self.iss, flags);
                 self.syn_options(now, &mut seg.opts, false);
-                self.snd_nxt = self.iss + 1;
-                self.snd_max = self.snd_max.max(self.snd_nxt);
-                if self.backoff == 0 {
+                // Karn: only the first transmission is timed (this one may be sent again
+                // because of a timeout or because the peer's SYN came again).
+                if self.snd_max == self.iss {
                     self.rtt_timed = Some((self.iss + 1, now));
                 } else {
+                    self.rtt_timed = None;
                     self.info.retransmits_total += 1;
                 }
+                self.snd_nxt = self.iss + 1;
+                self.snd_max = self.snd_max.max(self.snd_nxt);
                 self.rto_at = self.rto_at.or(Some(now + self.rto));
                 self.note_sent(now, &seg);
                 return Some(Transmit {
@@ -1687,13 +1697,16 @@ impl Conn {
                 };
                 let mut seg = self.base_segment(now, self.iss, flags);
                 self.syn_options(now, &mut seg.opts, true);
-                self.snd_nxt = self.iss + 1;
-                self.snd_max = self.snd_max.max(self.snd_nxt);
-                if self.backoff == 0 {
+                // Karn: only the first transmission is timed (this one may be sent again
+                // because of a timeout or because the peer's SYN came again).
+                if self.snd_max == self.iss {
                     self.rtt_timed = Some((self.iss + 1, now));
                 } else {
+                    self.rtt_timed = None;
                     self.info.retransmits_total += 1;
                 }
+                self.snd_nxt = self.iss + 1;
+                self.snd_max = self.snd_max.max(self.snd_nxt);
                 self.rto_at = self.rto_at.or(Some(now + self.rto));
                 self.note_sent(now, &seg);
                 return Some(Transmit {
