@@ -1012,10 +1012,17 @@ impl Conn {
         }
         if let Some(r) = rtt {
             self.rtt_sample(r);
+            //= rfc6298#section-3
+            // Karn: a backed-off RTO stays until there is a sample from a segment that was not
+            // retransmitted (or a timestamp echo), as Linux's tcp_ack_update_rtt does.
+            self.update_rto();
+        } else if syn_acked && self.srtt.is_none() && self.info.rto_count > 0 {
+            //= rfc6298#section-5
+            // (5.7) The SYN or SYN-ACK timed out and gave no sample: data starts with RTO >= 3 s.
+            self.rto = self.rto.max(Duration::from_secs(3)).min(self.cfg.rto_max);
         }
         self.backoff = 0;
         self.stalled_since = None;
-        self.update_rto();
 
         let round_start = ack.ge(self.round_end);
         if round_start {
