@@ -455,6 +455,9 @@ impl Conn {
         c.snd_max = iss + 1;
         c.rto_at = None;
         c.stalled_since = None;
+        // The stateless SYN-ACK acknowledged RCV.NXT: TS.Recent updates follow from it (RFC 7323
+        // §4.3), else the connection echoes the cookie ACK's timestamp until it sends an ACK.
+        c.last_ack_sent = c.rcv_nxt;
         let _ = c.window_field(true);
         c
     }
