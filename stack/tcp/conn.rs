@@ -620,6 +620,17 @@ impl Conn {
             || self.rst_now.is_some()
             || self.rtx_at.is_some()
             || self.has_sendable()
+            || self.persist_unarmed()
+    }
+
+    /// Data written into a zero window, nothing in flight and no probe timer yet: the next
+    /// `poll_transmit` arms the persist timer (an app write has no `now` to do it with).
+    fn persist_unarmed(&self) -> bool {
+        self.persist_at.is_none()
+            && self.snd_wnd == 0
+            && self.snd_una == self.snd_max
+            && self.can_send_data()
+            && self.unsent() > 0
     }
 
     // ------------------------------------------------------------------ app calls
