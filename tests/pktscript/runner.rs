@@ -745,7 +745,7 @@ fn check_opts(spec: &Opts, seen: &[TcpOpt], peer_isn: u32) -> Result<(), String>
         });
         match hit {
             Some(i) => used[i] = true,
-            None => return Err(format!("option {w:?}")),
+            None => return Err(format!("option <{}>", spec_text(w))),
         }
     }
     if used.iter().any(|u| !u) {
@@ -796,4 +796,20 @@ fn tcpi_field(i: &ConnInfo, name: &str) -> Option<u64> {
         "nodelay" => i.nodelay as u64,
         _ => return None,
     })
+}
+
+/// An expected option as a script writes it.
+fn spec_text(o: &OptSpec) -> String {
+    match o {
+        OptSpec::Nop => "nop".into(),
+        OptSpec::Eol => "eol".into(),
+        OptSpec::Mss(n) => format!("mss {n}"),
+        OptSpec::Wscale(n) => format!("wscale {n}"),
+        OptSpec::SackOk => "sackOK".into(),
+        OptSpec::Ts { val, ecr } => format!("TS val {val} ecr {ecr}"),
+        OptSpec::Sack(b) => {
+            let blocks: Vec<String> = b.iter().map(|(l, r)| format!("{l}:{r}")).collect();
+            format!("sack {}", blocks.join(" "))
+        }
+    }
 }

@@ -286,7 +286,10 @@ fn parse_app(words: &[&str]) -> Result<AppAction, String> {
     })
 }
 
-fn parse_line(text: &str) -> Result<Option<(Option<(When, Option<f64>)>, u16, Kind)>, String> {
+/// A line's time and tolerance, when it has them; its flow; what it does.
+type Parsed = (Option<(When, Option<f64>)>, u16, Kind);
+
+fn parse_line(text: &str) -> Result<Option<Parsed>, String> {
     // Options may contain spaces: take the `<...>` tail off first.
     let (head, opts) = match (text.rfind(" <"), text.trim_end().ends_with('>')) {
         (Some(i), true) if text[..i].split_whitespace().count() > 2 => {
