@@ -789,6 +789,27 @@ impl Conn {
             return;
         }
 
+        //= rfc9293#section-3.5
+        // Simultaneous open (Figure 8): the peer's SYN-ACK, crossing ours, acknowledges our SYN
+        // and repeats its SYN, which sits just below RCV.NXT. It completes the handshake (as
+        // Linux's tcp_validate_incoming lets it), rather than drawing a challenge ACK.
+        if self.state == State::SynReceived
+            && seg.flags.syn
+            && seg.flags.ack
+            && !seg.flags.rst
+            && seg.seq == self.irs
+            && seg.ack == self.snd_max
+            && self.snd_una == self.iss
+        {
+            self.state = State::Established;
+            self.snd_wnd = seg.window as u32;
+            self.max_snd_wnd = self.snd_wnd;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = seg.ack;
+            self.process_ack(now, seg);
+            return;
+        }
+
         //= rfc9293#section-3.10.7.4
         // First, check the sequence number.
         if !self.seq_acceptable(seg) {
