@@ -484,6 +484,14 @@ impl Conn {
             _ => self.ts_enabled = false,
         }
         self.update_mss();
+        //= rfc6928#section-2
+        // The initial window counts segments of the MSS actually used (min(10·MSS,
+        // max(2·MSS, 14600)); Linux: 10 × mss_cache), which is known only now: with a peer MSS
+        // of 536 a window built from our link's 1460 would be 27 segments. (A controller set
+        // with `set_congestion_control` is left alone.)
+        if self.cc.name() == self.cfg.cc.name() {
+            self.cc = self.cfg.cc.build(self.snd_mss, now);
+        }
     }
 
     fn update_mss(&mut self) {
