@@ -1007,19 +1007,16 @@ impl Io {
             ..Options::default()
         };
         if let (Some(ts), true) = (syn.opts.timestamp, cfg.timestamps) {
-            // Window scale and SACK only survive inside the timestamp.
-            let ws = syn
-                .opts
-                .wscale
-                .filter(|_| cfg.window_scaling)
-                .map(|_| cfg.rcv_wscale());
+            // Window scale and SACK only survive inside the timestamp. The cookie keeps the
+            // peer's shift (as Linux's cookie_init_timestamp): ours is recomputed from the config.
+            let peer_ws = syn.opts.wscale.filter(|_| cfg.window_scaling);
             let sack = syn.opts.sack_permitted && cfg.sack;
             let now_ts = (self.tnow.as_millis() as u32).wrapping_add(ts_offset);
             opts.timestamp = Some(Timestamp {
-                val: cookie::encode_timestamp(now_ts, ws, sack),
+                val: cookie::encode_timestamp(now_ts, peer_ws, sack),
                 ecr: ts.val,
             });
-            opts.wscale = ws;
+            opts.wscale = peer_ws.map(|_| cfg.rcv_wscale());
             opts.sack_permitted = sack;
         }
         let seg = Segment {

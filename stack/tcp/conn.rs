@@ -201,6 +201,8 @@ pub struct Conn {
     snd_mss: u32,
     peer_mss: u16,
     nodelay: bool,
+    /// End of the last sub-MSS segment sent (Linux `snd_sml`, for Minshall's Nagle).
+    snd_sml: Seq,
     cork: bool,
     cork_at: Option<Instant>,
 
@@ -330,6 +332,7 @@ impl Conn {
             snd_mss: 536,
             peer_mss: 536,
             nodelay: cfg.nodelay,
+            snd_sml: iss,
             cork: false,
             cork_at: None,
             irs: Seq(0),
@@ -462,6 +465,9 @@ impl Conn {
         c.snd_max = iss + 1;
         c.rto_at = None;
         c.stalled_since = None;
+        // The stateless SYN-ACK acknowledged RCV.NXT: TS.Recent updates follow from it (RFC 7323
+        // §4.3), else the connection echoes the cookie ACK's timestamp until it sends an ACK.
+        c.last_ack_sent = c.rcv_nxt;
         let _ = c.window_field(true);
         c
     }
@@ -488,6 +494,14 @@ impl Conn {
             _ => self.ts_enabled = false,
         }
         self.update_mss();
+        //= rfc6928#section-2
+        // The initial window counts segments of the MSS actually used (min(10·MSS,
+        // max(2·MSS, 14600)); Linux: 10 × mss_cache), which is known only now: with a peer MSS
+        // of 536 a window built from our link's 1460 would be 27 segments. (A controller set
+        // with `set_congestion_control` is left alone.)
+        if self.cc.name() == self.cfg.cc.name() {
+            self.cc = self.cfg.cc.build(self.snd_mss, now);
+        }
     }
 
     fn update_mss(&mut self) {
@@ -625,6 +639,17 @@ impl Conn {
             || self.rst_now.is_some()
             || self.rtx_at.is_some()
             || self.has_sendable()
+            || self.persist_unarmed()
+    }
+
+    /// Data written into a zero window, nothing in flight and no probe timer yet: the next
+    /// `poll_transmit` arms the persist timer (an app write has no `now` to do it with).
+    fn persist_unarmed(&self) -> bool {
+        self.persist_at.is_none()
+            && self.snd_wnd == 0
+            && self.snd_una == self.snd_max
+            && self.can_send_data()
+            && self.unsent() > 0
     }
 
     // ------------------------------------------------------------------ app calls
@@ -784,6 +809,39 @@ impl Conn {
             }
         }
 
+        // The peer's SYN again (our SYN-ACK was lost): send the SYN-ACK again at once, as Linux
+        // does (tcp_check_req). It sits below RCV.NXT, so this comes before the window test.
+        if self.state == State::SynReceived
+            && seg.flags.syn
+            && !seg.flags.ack
+            && !seg.flags.rst
+            && seg.seq == self.irs
+        {
+            self.synack_now = true;
+            return;
+        }
+
+        //= rfc9293#section-3.5
+        // Simultaneous open (Figure 8): the peer's SYN-ACK, crossing ours, acknowledges our SYN
+        // and repeats its SYN, which sits just below RCV.NXT. It completes the handshake (as
+        // Linux's tcp_validate_incoming lets it), rather than drawing a challenge ACK.
+        if self.state == State::SynReceived
+            && seg.flags.syn
+            && seg.flags.ack
+            && !seg.flags.rst
+            && seg.seq == self.irs
+            && seg.ack == self.snd_max
+            && self.snd_una == self.iss
+        {
+            self.state = State::Established;
+            self.snd_wnd = seg.window as u32;
+            self.max_snd_wnd = self.snd_wnd;
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = seg.ack;
+            self.process_ack(now, seg);
+            return;
+        }
+
         //= rfc9293#section-3.10.7.4
         // First, check the sequence number.
         if !self.seq_acceptable(seg) {
@@ -832,12 +890,7 @@ impl Conn {
         //= rfc5961#section-4.2
         // Fourth, a SYN in a synchronized state gets a challenge ACK, wherever it falls.
         if seg.flags.syn {
-            if self.state == State::SynReceived && seg.seq == self.irs {
-                // The peer's SYN again: our SYN-ACK was lost.
-                self.synack_now = true;
-            } else {
-                self.challenge_ack(now);
-            }
+            self.challenge_ack(now);
             return;
         }
 
@@ -1026,10 +1079,17 @@ impl Conn {
         }
         if let Some(r) = rtt {
             self.rtt_sample(r);
+            //= rfc6298#section-3
+            // Karn: a backed-off RTO stays until there is a sample from a segment that was not
+            // retransmitted (or a timestamp echo), as Linux's tcp_ack_update_rtt does.
+            self.update_rto();
+        } else if syn_acked && self.srtt.is_none() && self.info.rto_count > 0 {
+            //= rfc6298#section-5
+            // (5.7) The SYN or SYN-ACK timed out and gave no sample: data starts with RTO >= 3 s.
+            self.rto = self.rto.max(Duration::from_secs(3)).min(self.cfg.rto_max);
         }
         self.backoff = 0;
         self.stalled_since = None;
-        self.update_rto();
 
         let round_start = ack.ge(self.round_end);
         if round_start {
@@ -1542,8 +1602,11 @@ impl Conn {
         let tail = len == unsent;
         if tail && len < self.snd_mss && !fin {
             //= rfc9293#section-3.7.4
-            // Nagle: a small tail waits while data is unacknowledged (unless no-delay).
-            if !self.nodelay && self.snd_nxt != self.snd_una {
+            // Nagle, in Minshall's variant as Linux has it: a small tail waits while an earlier
+            // small segment is unacknowledged (unless no-delay). A full segment in flight does
+            // not hold the tail, so a 1.5-MSS write does not wait for a delayed ACK.
+            let small_unacked = self.snd_sml.gt(self.snd_una) && self.snd_sml.le(self.snd_nxt);
+            if !self.nodelay && small_unacked {
                 return None;
             }
             if self.cork {
@@ -1695,13 +1758,16 @@ impl Conn {
                 };
                 let mut seg = self.base_segment(now, self.iss, flags);
                 self.syn_options(now, &mut seg.opts, false);
-                self.snd_nxt = self.iss + 1;
-                self.snd_max = self.snd_max.max(self.snd_nxt);
-                if self.backoff == 0 {
+                // Karn: only the first transmission is timed (this one may be sent again
+                // because of a timeout or because the peer's SYN came again).
+                if self.snd_max == self.iss {
                     self.rtt_timed = Some((self.iss + 1, now));
                 } else {
+                    self.rtt_timed = None;
                     self.info.retransmits_total += 1;
                 }
+                self.snd_nxt = self.iss + 1;
+                self.snd_max = self.snd_max.max(self.snd_nxt);
                 self.rto_at = self.rto_at.or(Some(now + self.rto));
                 self.note_sent(now, &seg);
                 return Some(Transmit {
@@ -1718,13 +1784,16 @@ impl Conn {
                 };
                 let mut seg = self.base_segment(now, self.iss, flags);
                 self.syn_options(now, &mut seg.opts, true);
-                self.snd_nxt = self.iss + 1;
-                self.snd_max = self.snd_max.max(self.snd_nxt);
-                if self.backoff == 0 {
+                // Karn: only the first transmission is timed (this one may be sent again
+                // because of a timeout or because the peer's SYN came again).
+                if self.snd_max == self.iss {
                     self.rtt_timed = Some((self.iss + 1, now));
                 } else {
+                    self.rtt_timed = None;
                     self.info.retransmits_total += 1;
                 }
+                self.snd_nxt = self.iss + 1;
+                self.snd_max = self.snd_max.max(self.snd_nxt);
                 self.rto_at = self.rto_at.or(Some(now + self.rto));
                 self.note_sent(now, &seg);
                 return Some(Transmit {
@@ -1855,6 +1924,9 @@ impl Conn {
         }
         if fin {
             self.fin_seq = Some(seq + len);
+        }
+        if len < self.snd_mss {
+            self.snd_sml = seq + len;
         }
         if fresh.is_some() {
             self.snd_nxt = seg_end;
