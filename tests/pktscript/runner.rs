@@ -67,6 +67,8 @@ impl<'a> Runner<'a> {
         let mut cfg = Config::new();
         cfg.ip("198.18.0.1/24").unwrap().mac(ENGINE_MAC).unwrap();
         cfg.pin_threads(false);
+        // Scripts are written for 1 MiB buffers (window scale 5) unless they say otherwise.
+        cfg.rmem(1 << 20).unwrap().wmem(1 << 20).unwrap();
         let mut wire_cfg = MemConfig {
             ring: 4096,
             ..MemConfig::default()
