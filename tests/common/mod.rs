@@ -130,13 +130,13 @@ impl Netns {
         ns.ip_ok(&["tuntap", "add", "dev", &tap, "mode", "tap", "multi_queue"]);
         ns.ip_ok(&["addr", "add", "198.18.0.1/24", "dev", &tap]);
         ns.ip_ok(&["link", "set", &tap, "up"]);
-        // The kernel peer's congestion control (the suite runs once with the default, CUBIC,
-        // and once with LH_PEER_CC=bbr).
-        if let Ok(cc) = std::env::var("LH_PEER_CC") {
-            let set = format!("net.ipv4.tcp_congestion_control={cc}");
-            let out = ns.exec(&["sysctl", "-q", "-w", &set]);
-            assert!(out.status.success(), "cannot set {set} in {}", ns.name);
-        }
+        // The kernel peer's congestion control: CUBIC unless LH_PEER_CC says otherwise (the suite
+        // runs once more with LH_PEER_CC=bbr). Set explicitly: a new namespace inherits the
+        // host's choice, which may be either.
+        let cc = std::env::var("LH_PEER_CC").unwrap_or_else(|_| "cubic".into());
+        let set = format!("net.ipv4.tcp_congestion_control={cc}");
+        let out = ns.exec(&["sysctl", "-q", "-w", &set]);
+        assert!(out.status.success(), "cannot set {set} in {}", ns.name);
         ns
     }
 
