@@ -61,6 +61,11 @@ fn nagle() {
 }
 
 #[test]
+fn keepalive_user_timeout_cork() {
+    feature("timers");
+}
+
+#[test]
 fn close() {
     feature("close");
 }
@@ -100,6 +105,7 @@ fn every_directory_is_run() {
         "syncookies",
         "icmp",
         "paws",
+        "timers",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
     for e in std::fs::read_dir(&root).unwrap() {

@@ -1360,7 +1360,9 @@ impl Conn {
             return; // nothing outstanding: a stale deadline
         }
         if self.stalled_since.is_none() {
-            self.stalled_since = Some(now);
+            // The user timeout runs from the first transmission of the oldest unacknowledged
+            // segment (Linux's retrans_stamp), one RTO before this first timeout.
+            self.stalled_since = Some(now - self.rto);
         }
         let retries = match self.state {
             State::SynSent => Some(self.cfg.syn_retries),
@@ -1396,7 +1398,15 @@ impl Conn {
                 self.snd_nxt = self.snd_una;
             }
         }
-        self.rto_at = Some(now + self.rto);
+        let mut at = now + self.rto;
+        if self.state.synchronized() {
+            // Linux's tcp_clamp_rto_to_user_timeout: give up at the user timeout, not at the end
+            // of a backed-off RTO that runs past it.
+            if let Some(t) = self.stalled_since {
+                at = at.min(t + self.cfg.user_timeout);
+            }
+        }
+        self.rto_at = Some(at);
     }
 
     fn update_persist(&mut self, now: Instant) {

@@ -110,6 +110,12 @@ impl<'a> Runner<'a> {
                     cfg.rto_bounds(Duration::from_millis(n()?), Duration::from_secs(120))
                         .map_err(|x| e(x.0))?;
                 }
+                "keepalive_s" => {
+                    cfg.keepalive(Some(Duration::from_secs(n()?)));
+                }
+                "user_timeout_s" => {
+                    cfg.user_timeout(Duration::from_secs(n()?));
+                }
                 "tolerance" => {
                     tolerance = v.parse().map_err(|_| e(format!("`{v}` is not seconds")))?
                 }
@@ -117,7 +123,7 @@ impl<'a> Runner<'a> {
                 _ => {
                     return Err(e(
                         "unknown key (mtu, rmem, wmem, backlog, syncookies, nodelay, mss_clamp, \
-                         rto_min_ms, tolerance, peer_isn)"
+                         keepalive_s, user_timeout_s, rto_min_ms, tolerance, peer_isn)"
                             .into(),
                     ))
                 }
