@@ -956,12 +956,12 @@ impl Conn {
         //= rfc9293#section-3.10.7.4
         // Window update only from a segment newer than the last one that updated it.
         if self.snd_wl1.lt(seg.seq) || (self.snd_wl1 == seg.seq && self.snd_wl2.le(ack)) {
-            let opened = self.snd_wnd == 0 && window > 0;
+            let was_stalled = self.window_stalled();
             self.snd_wnd = window;
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = ack;
-            if opened {
+            if was_stalled && !self.window_stalled() {
                 self.persist_at = None;
                 self.backoff = 0;
             }
@@ -1226,7 +1226,7 @@ impl Conn {
         }
         if self.persist_at.is_some_and(|t| t <= now) {
             self.persist_at = None;
-            if self.snd_wnd == 0 && self.unsent() > 0 {
+            if self.window_stalled() {
                 self.probe_now = true;
                 self.info.zero_window_probes += 1;
                 self.backoff = (self.backoff + 1).min(16);
@@ -1305,12 +1305,18 @@ impl Conn {
         self.rto_at = Some(now + self.rto);
     }
 
-    fn update_persist(&mut self, now: Instant) {
-        let need = self.snd_wnd == 0
+    /// Data waits for the peer's window alone: nothing is in flight (so no ACK is coming), and the
+    /// offered window is zero or too small for sender SWS avoidance to use. Only a probe can then
+    /// learn of a window update that was lost; without one both sides wait forever.
+    fn window_stalled(&self) -> bool {
+        self.state.synchronized()
             && self.unsent() > 0
             && self.snd_una == self.snd_max
-            && self.state.synchronized();
-        if !need {
+            && (self.snd_wnd == 0 || (!self.cork && self.next_data_len().is_none()))
+    }
+
+    fn update_persist(&mut self, now: Instant) {
+        if !self.window_stalled() {
             self.persist_at = None;
         } else if self.persist_at.is_none() {
             //= rfc9293#section-3.8.6.1
@@ -1719,9 +1725,8 @@ impl Conn {
                         Limit::Cwnd
                     };
                     self.set_limit(now, l);
-                    if l == Limit::Rwnd {
-                        self.update_persist(now);
-                    }
+                    // Also when new data meets a window too small to use (not only a zero one).
+                    self.update_persist(now);
                 }
             }
         }
