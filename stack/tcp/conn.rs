@@ -1751,9 +1751,13 @@ impl Conn {
             });
         }
         if self.ack_now && self.state != State::Closed {
+            // A pure ACK carries SND.MAX, not SND.NXT: after a timeout pulled SND.NXT back, a
+            // sequence number below the peer's RCV.NXT would make the peer drop the segment
+            // as unacceptable (RFC 9293 §3.10.7.4) without reading its ACK field (as BSD's
+            // tcp_output, and Linux, whose snd_nxt never goes back).
             let mut seg = self.base_segment(
                 now,
-                self.snd_nxt,
+                self.snd_max,
                 Flags {
                     ack: true,
                     ..Flags::default()
