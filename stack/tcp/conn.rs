@@ -614,6 +614,8 @@ impl Conn {
             || self.rst_now.is_some()
             || self.rtx_at.is_some()
             || self.has_sendable()
+            // Data written into a window it cannot use: poll_transmit arms the persist timer.
+            || (self.persist_at.is_none() && self.window_stalled())
     }
 
     // ------------------------------------------------------------------ app calls
