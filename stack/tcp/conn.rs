@@ -1503,7 +1503,12 @@ impl Conn {
         if len == 0 {
             return None;
         }
-        if len < self.snd_mss && len < unsent {
+        // After a timeout pulled SND.NXT back, what goes out was sent before: SWS avoidance and
+        // Nagle are for new data. Holding back a resend because the window now looks small (a
+        // reordered older ACK, or a receive buffer full of out-of-order data waiting for this
+        // very hole) would stall the connection until the user timeout.
+        let resend = self.snd_nxt.lt(self.snd_max);
+        if len < self.snd_mss && len < unsent && !resend {
             //= rfc9293#section-3.8.6.2.1
             // Sender SWS avoidance: a window-limited runt only when it is at least half the
             // largest window the peer offered.
@@ -1512,7 +1517,7 @@ impl Conn {
             }
         }
         let tail = len == unsent;
-        if tail && len < self.snd_mss && !fin {
+        if tail && len < self.snd_mss && !fin && !resend {
             //= rfc9293#section-3.7.4
             // Nagle: a small tail waits while data is unacknowledged (unless no-delay).
             if !self.nodelay && self.snd_nxt != self.snd_una {
