@@ -541,6 +541,21 @@ impl Conn {
         self.rcv_nxt
     }
 
+    /// SND.UNA: the oldest unacknowledged sequence number.
+    pub fn snd_una(&self) -> Seq {
+        self.snd_una
+    }
+
+    /// SND.NXT: the next sequence number to send (it moves back after a timeout).
+    pub fn snd_nxt(&self) -> Seq {
+        self.snd_nxt
+    }
+
+    /// The highest sequence number sent so far, plus one.
+    pub fn snd_max(&self) -> Seq {
+        self.snd_max
+    }
+
     /// An ACK is owed right now (every second segment, out of order, quick-ACK).
     pub fn ack_due(&self) -> bool {
         self.ack_now
