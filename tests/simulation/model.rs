@@ -376,7 +376,11 @@ fn tcp_config(rmem: usize, cc: bool, nodelay: bool) -> TcpConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // PROPTEST_CASES=<n> runs more.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn conn_pair_delivers_exactly_once_in_order_under_any_fault_sequence(
