@@ -22,8 +22,8 @@ step "build"
 cargo build --release --all-targets
 step "tests"
 cargo test --release
-step "kernel-peer tests again with Linux BBR as the peer"
-LH_PEER_CC=bbr cargo test --release --test kernel_peer --test proxy --test httpd
+step "kernel-peer tests again with Linux BBR as the peer (CUBIC above)"
+LH_PEER_CC=bbr cargo test --release --test kernel_peer
 step "dpdk tests (net_tap, af_packet, EAL errors; unit tests of the backend)"
 cargo test --release --features dpdk --lib pmd::dpdk
 cargo test --release --features dpdk --test dpdk

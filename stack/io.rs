@@ -1335,7 +1335,9 @@ impl Io {
         let Some(c) = self.slots[idx as usize].conn.as_mut() else {
             return;
         };
-        if c.owned && c.announced {
+        // Nothing follows `Closed`/`Error` for a handle (a duplicate of the last data segment
+        // can arrive in the same burst, after the event was queued).
+        if c.owned && c.announced && !c.end_told {
             if c.read_armed && (c.tcb.recv_available() > 0 || c.tcb.fin_received()) {
                 c.read_armed = false;
                 self.events.push_back(Event::Readable(id));

@@ -31,6 +31,8 @@ fn echo_addr() -> SocketAddr {
 fn connect(to: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&to, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    // After the handshake: the kernel's congestion control governs the data, not the SYN.
+    common::peer_cc(&s);
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     s
@@ -267,6 +269,7 @@ fn thousand_concurrent_connections_echo_64k_each() {
                             failed.store(true, Ordering::Relaxed);
                             format!("connection {i} of thread {t}: {e}")
                         })?;
+                    common::peer_cc(&s);
                     s.set_nonblocking(true).unwrap();
                     flows.push(Flow {
                         s,
@@ -886,6 +889,7 @@ fn active_open_to_kernel_listener_echoes_1mib() {
     const PORT: u16 = 5001;
     let ns = Netns::new("act");
     let listener = ns.run(|| TcpListener::bind((KERNEL_IP, PORT)).expect("bind in the namespace"));
+    common::peer_cc(&listener); // inherited by the accepted socket
     listener.set_nonblocking(true).unwrap();
     // The kernel side: accept one connection and echo it until EOF.
     let kernel = std::thread::spawn(move || -> Result<(u64, SocketAddr), String> {

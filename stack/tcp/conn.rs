@@ -565,6 +565,21 @@ impl Conn {
         self.rcv_nxt
     }
 
+    /// SND.UNA: the oldest unacknowledged sequence number.
+    pub fn snd_una(&self) -> Seq {
+        self.snd_una
+    }
+
+    /// SND.NXT: the next sequence number to send (it moves back after a timeout).
+    pub fn snd_nxt(&self) -> Seq {
+        self.snd_nxt
+    }
+
+    /// The highest sequence number sent so far, plus one.
+    pub fn snd_max(&self) -> Seq {
+        self.snd_max
+    }
+
     /// An ACK is owed right now (every second segment, out of order, quick-ACK).
     pub fn ack_due(&self) -> bool {
         self.ack_now
@@ -639,17 +654,8 @@ impl Conn {
             || self.rst_now.is_some()
             || self.rtx_at.is_some()
             || self.has_sendable()
-            || self.persist_unarmed()
-    }
-
-    /// Data written into a zero window, nothing in flight and no probe timer yet: the next
-    /// `poll_transmit` arms the persist timer (an app write has no `now` to do it with).
-    fn persist_unarmed(&self) -> bool {
-        self.persist_at.is_none()
-            && self.snd_wnd == 0
-            && self.snd_una == self.snd_max
-            && self.can_send_data()
-            && self.unsent() > 0
+            // Data written into a window it cannot use: poll_transmit arms the persist timer.
+            || (self.persist_at.is_none() && self.window_stalled())
     }
 
     // ------------------------------------------------------------------ app calls
@@ -1033,12 +1039,12 @@ impl Conn {
         //= rfc9293#section-3.10.7.4
         // Window update only from a segment newer than the last one that updated it.
         if self.snd_wl1.lt(seg.seq) || (self.snd_wl1 == seg.seq && self.snd_wl2.le(ack)) {
-            let opened = self.snd_wnd == 0 && window > 0;
+            let was_stalled = self.window_stalled();
             self.snd_wnd = window;
             self.max_snd_wnd = self.max_snd_wnd.max(window);
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = ack;
-            if opened {
+            if was_stalled && !self.window_stalled() {
                 self.persist_at = None;
                 self.backoff = 0;
             }
@@ -1320,7 +1326,7 @@ impl Conn {
         }
         if self.persist_at.is_some_and(|t| t <= now) {
             self.persist_at = None;
-            if self.snd_wnd == 0 && self.unsent() > 0 {
+            if self.window_stalled() {
                 self.probe_now = true;
                 self.info.zero_window_probes += 1;
                 self.backoff = (self.backoff + 1).min(16);
@@ -1409,12 +1415,18 @@ impl Conn {
         self.rto_at = Some(at);
     }
 
-    fn update_persist(&mut self, now: Instant) {
-        let need = self.snd_wnd == 0
+    /// Data waits for the peer's window alone: nothing is in flight (so no ACK is coming), and the
+    /// offered window is zero or too small for sender SWS avoidance to use. Only a probe can then
+    /// learn of a window update that was lost; without one both sides wait forever.
+    fn window_stalled(&self) -> bool {
+        self.state.synchronized()
             && self.unsent() > 0
             && self.snd_una == self.snd_max
-            && self.state.synchronized();
-        if !need {
+            && (self.snd_wnd == 0 || (!self.cork && self.next_data_len().is_none()))
+    }
+
+    fn update_persist(&mut self, now: Instant) {
+        if !self.window_stalled() {
             self.persist_at = None;
         } else if self.persist_at.is_none() {
             //= rfc9293#section-3.8.6.1
@@ -1599,7 +1611,12 @@ impl Conn {
         if len == 0 {
             return None;
         }
-        if len < self.snd_mss && len < unsent {
+        // After a timeout pulled SND.NXT back, what goes out was sent before: SWS avoidance and
+        // Nagle are for new data. Holding back a resend because the window now looks small (a
+        // reordered older ACK, or a receive buffer full of out-of-order data waiting for this
+        // very hole) would stall the connection until the user timeout.
+        let resend = self.snd_nxt.lt(self.snd_max);
+        if len < self.snd_mss && len < unsent && !resend {
             //= rfc9293#section-3.8.6.2.1
             // Sender SWS avoidance: a window-limited runt only when it is at least half the
             // largest window the peer offered.
@@ -1610,7 +1627,7 @@ impl Conn {
             }
         }
         let tail = len == unsent;
-        if tail && len < self.snd_mss && !fin {
+        if tail && len < self.snd_mss && !fin && !resend {
             //= rfc9293#section-3.7.4
             // Nagle, in Minshall's variant as Linux has it: a small tail waits while an earlier
             // small segment is unacknowledged (unless no-delay). A full segment in flight does
@@ -1835,9 +1852,8 @@ impl Conn {
                         Limit::Cwnd
                     };
                     self.set_limit(now, l);
-                    if l == Limit::Rwnd {
-                        self.update_persist(now);
-                    }
+                    // Also when new data meets a window too small to use (not only a zero one).
+                    self.update_persist(now);
                 }
             }
         }
@@ -1862,9 +1878,13 @@ impl Conn {
             });
         }
         if self.ack_now && self.state != State::Closed {
+            // A pure ACK carries SND.MAX, not SND.NXT: after a timeout pulled SND.NXT back, a
+            // sequence number below the peer's RCV.NXT would make the peer drop the segment
+            // as unacceptable (RFC 9293 §3.10.7.4) without reading its ACK field (as BSD's
+            // tcp_output, and Linux, whose snd_nxt never goes back).
             let mut seg = self.base_segment(
                 now,
-                self.snd_nxt,
+                self.snd_max,
                 Flags {
                     ack: true,
                     ..Flags::default()

@@ -130,13 +130,14 @@ impl Netns {
         ns.ip_ok(&["tuntap", "add", "dev", &tap, "mode", "tap", "multi_queue"]);
         ns.ip_ok(&["addr", "add", "198.18.0.1/24", "dev", &tap]);
         ns.ip_ok(&["link", "set", &tap, "up"]);
-        // The kernel peer's congestion control: CUBIC unless LH_PEER_CC says otherwise (the suite
-        // runs once more with LH_PEER_CC=bbr). Set explicitly: a new namespace inherits the
-        // host's choice, which may be either.
-        let cc = std::env::var("LH_PEER_CC").unwrap_or_else(|_| "cubic".into());
-        let set = format!("net.ipv4.tcp_congestion_control={cc}");
-        let out = ns.exec(&["sysctl", "-q", "-w", &set]);
-        assert!(out.status.success(), "cannot set {set} in {}", ns.name);
+        // The kernel peer's congestion control for tools (curl, wrk, iperf3) when LH_PEER_CC
+        // names one. A namespace may only default to an algorithm the host allows there
+        // (`tcp_allowed_congestion_control`; here "reno bbr", so CUBIC cannot be a namespace
+        // default): test sockets set theirs with `peer_cc` instead, which root always may.
+        if let Ok(cc) = std::env::var("LH_PEER_CC") {
+            let set = format!("net.ipv4.tcp_congestion_control={cc}");
+            let _ = ns.exec(&["sysctl", "-q", "-w", &set]);
+        }
         ns
     }
 
@@ -344,6 +345,34 @@ impl Drop for Proc {
 
 // ------------------------------------------------------------------ sockets
 
+/// The congestion control the tests' kernel sockets use: `LH_PEER_CC`, CUBIC by default.
+pub fn peer_cc_name() -> String {
+    std::env::var("LH_PEER_CC").unwrap_or_else(|_| "cubic".into())
+}
+
+/// Sets a kernel socket's congestion control to [`peer_cc_name`] (TCP_CONGESTION; root may pick
+/// any algorithm the kernel has). Panics if the kernel refuses, so a run never silently tests
+/// another peer than it says.
+pub fn peer_cc(sock: &impl AsRawFd) {
+    let name = peer_cc_name();
+    // SAFETY: setsockopt reads `name.len()` bytes from a live buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "TCP_CONGESTION {name}: {}",
+        io::Error::last_os_error()
+    );
+}
+
 /// Starts a non-blocking TCP connect (the SYN goes out before this returns) on the calling
 /// thread's namespace. The stream is non-blocking; poll it for POLLOUT and check `take_error`.
 pub fn connect_nonblocking(to: SocketAddrV4) -> io::Result<TcpStream> {
@@ -360,6 +389,7 @@ pub fn connect_nonblocking(to: SocketAddrV4) -> io::Result<TcpStream> {
     }
     // SAFETY: fd is fresh and owned by nothing else.
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    peer_cc(&stream);
     let sa = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: to.port().to_be(),

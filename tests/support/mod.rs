@@ -1,6 +1,8 @@
 //! Apps and helpers shared by the in-process tests (two stacks over the `mem` wire).
 #![allow(dead_code)]
 
+pub mod sim;
+
 use longhaul::pmd::mem::{self, MemConfig, MemQueue};
 use longhaul::{App, Config, ConnId, Error, Event, Io, Stack};
 use std::collections::HashMap;

@@ -1,0 +1,158 @@
+//! A simulated long fat network (tests/support/sim.rs): 250 ms RTT, a 100 Mbit/s bottleneck with a
+//! 1-BDP drop-tail queue and 1% random loss, every impairment on both directions as
+//! scripts/lfn-bench.sh builds it. A 100 MB transfer must arrive exactly once and in order; the
+//! virtual time it takes is printed beside the ideal the link rate allows. That time is the
+//! baseline the loss-recovery work (SACK, RACK-TLP, BBR) has to beat; the only timing assertion
+//! is a generous bound that catches a stall, never a performance goal.
+//!
+//! `cargo test --release --test lfn_simulation -- --nocapture` prints the figures;
+//! `LFN_BYTES=<n>` changes the size.
+
+mod support;
+
+use longhaul::stack::tcp::cc::CcAlgorithm;
+use std::time::{Duration, Instant};
+use support::sim::*;
+use support::*;
+
+const PORT: u16 = 5201;
+const RTT: Duration = Duration::from_millis(250);
+const RATE_BPS: u64 = 100_000_000;
+/// Bandwidth-delay product: 100 Mbit/s × 250 ms.
+const BDP_BYTES: usize = (RATE_BPS / 8 * 250 / 1000) as usize;
+/// Ethernet frame of a full segment (1448 payload bytes with timestamps) and its payload.
+const FRAME_BYTES: u64 = 14 + 20 + 32 + 1448;
+const PAYLOAD_BYTES: u64 = 1448;
+
+fn bytes() -> u64 {
+    std::env::var("LFN_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000_000)
+}
+
+/// The best any sender could do: every frame at the bottleneck rate back to back, plus the
+/// handshake (one RTT) and the last frame's one-way trip.
+fn ideal(bytes: u64) -> Duration {
+    let frames = bytes.div_ceil(PAYLOAD_BYTES);
+    let serialise = Duration::from_nanos(frames * FRAME_BYTES * 8 * 1_000_000_000 / RATE_BPS);
+    serialise + RTT + RTT / 2
+}
+
+struct Measured {
+    transfer: Duration,
+    retrans_bytes: u64,
+    rto_count: u64,
+    fast_retransmits: u64,
+    lost_frames: u64,
+    queue_drops: u64,
+    polls: u64,
+}
+
+fn run(cc: CcAlgorithm, seed: u64, bytes: u64) -> Measured {
+    let link = LinkConfig {
+        loss: 0.01,
+        delay: RTT / 2,
+        rate_bps: Some(RATE_BPS),
+        queue_bytes: BDP_BYTES,
+        ..LinkConfig::default()
+    };
+    let mut cfg = SimConfig::symmetric(link, seed);
+    for c in [&mut cfg.client, &mut cfg.server] {
+        c.rmem(64 << 20).unwrap().wmem(64 << 20).unwrap().cc(cc);
+    }
+    let plan = |send, send_stream, recv_stream| TransferPlan {
+        send,
+        send_stream,
+        recv_stream,
+        max_write: 256 << 10,
+        max_read: 256 << 10,
+        pause: 0.0,
+        seed,
+    };
+    let mut sim = Sim::new(
+        cfg,
+        Transfer::client(plan(bytes, 1, 2), server_addr(PORT)),
+        Transfer::server(plan(0, 2, 1), PORT),
+    );
+    // A stall detector, not a goal: a thousand times the ideal (2.4 virtual hours for 100 MB;
+    // NewReno recovery without SACK needs about 150 times the ideal here).
+    let bound = (ideal(bytes) * 1000).max(Duration::from_secs(600));
+    let transfer = sim
+        .drive_until(bound, |s| {
+            let r = &s.server.app().report;
+            r.received == bytes || r.first_bad_byte.is_some() || !r.errors.is_empty()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{cc:?}: {e} with {} of {bytes} bytes across; client conns {:?}",
+                sim.server.app().report.received,
+                sim.client.io().all_info()
+            )
+        });
+    let info = sim.client.io().all_info();
+    let tcp = info
+        .first()
+        .expect("the client's connection is still there")
+        .tcp;
+    sim.drive_until(Duration::from_secs(600), |s| {
+        s.client.app().report.closed && s.server.app().report.closed
+    })
+    .unwrap_or_else(|e| panic!("{cc:?}: close: {e}"));
+    let (c, s) = (&sim.client.app().report, &sim.server.app().report);
+    assert!(c.errors.is_empty() && s.errors.is_empty(), "{c:?} {s:?}");
+    assert_eq!(s.first_bad_byte, None, "{cc:?}: a byte arrived wrong");
+    assert_eq!(s.received, bytes, "{cc:?}: every byte arrives");
+    assert_eq!(
+        s.received_hash, c.sent_hash,
+        "{cc:?}: exactly once, in order"
+    );
+    assert!(s.eof && c.eof && c.closed && s.closed);
+    let (up, down) = sim.link_stats();
+    Measured {
+        transfer,
+        retrans_bytes: tcp.bytes_retrans,
+        rto_count: tcp.rto_count,
+        fast_retransmits: tcp.fast_retransmits,
+        lost_frames: up.lost + down.lost,
+        queue_drops: up.queue_drops + down.queue_drops,
+        polls: sim.polls(),
+    }
+}
+
+fn report(name: &str, bytes: u64, m: &Measured, wall: Duration) {
+    let ideal = ideal(bytes);
+    let goodput = bytes as f64 * 8.0 / m.transfer.as_secs_f64() / 1e6;
+    println!(
+        "LFN {name}: {bytes} B in {:.1} s virtual ({goodput:.2} Mbit/s, {:.1}% of 100 Mbit/s; \
+         ideal {:.2} s, {:.0}x the ideal); retransmitted {} B, {} RTOs, {} fast retransmits; \
+         link lost {} frames, queue dropped {}; {} polls, {:.1?} wall",
+        m.transfer.as_secs_f64(),
+        goodput,
+        ideal.as_secs_f64(),
+        m.transfer.as_secs_f64() / ideal.as_secs_f64(),
+        m.retrans_bytes,
+        m.rto_count,
+        m.fast_retransmits,
+        m.lost_frames,
+        m.queue_drops,
+        m.polls,
+        wall
+    );
+}
+
+#[test]
+fn lfn_250ms_1pct_loss_cubic_baseline() {
+    let bytes = bytes();
+    let wall = Instant::now();
+    let m = run(CcAlgorithm::Cubic, 1, bytes);
+    report("cubic", bytes, &m, wall.elapsed());
+}
+
+#[test]
+fn lfn_250ms_1pct_loss_newreno_baseline() {
+    let bytes = bytes();
+    let wall = Instant::now();
+    let m = run(CcAlgorithm::NewReno, 1, bytes);
+    report("newreno", bytes, &m, wall.elapsed());
+}
