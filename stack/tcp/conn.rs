@@ -217,6 +217,9 @@ pub struct Conn {
     nodelay: bool,
     cork: bool,
     cork_at: Option<Instant>,
+    /// The persist timer fired on a window too small for a full segment: the next data segment
+    /// may be a runt (RFC 9293's SWS override timeout).
+    sws_override: bool,
 
     // ---- receive side
     irs: Seq,
@@ -342,6 +345,7 @@ impl Conn {
             nodelay: cfg.nodelay,
             cork: false,
             cork_at: None,
+            sws_override: false,
             irs: Seq(0),
             rcv_nxt: Seq(0),
             rcv_nxt_off: 0,
@@ -1014,7 +1018,10 @@ impl Conn {
         if rtt.is_none() && self.ts_enabled {
             if let Some(ts) = seg.opts.timestamp {
                 let ms = self.tsval(now).wrapping_sub(ts.ecr);
-                if ts.ecr != 0 && (ms as i32) >= 0 && ms < 60_000 {
+                // The echo only counts whole milliseconds: a 0 or 1 ms sample says "under 2 ms",
+                // which the timed segment measures in microseconds (taking 0 as 1 µs dragged
+                // SRTT and min RTT towards zero on short paths).
+                if ts.ecr != 0 && (2..60_000).contains(&ms) {
                     rtt = Some(Duration::from_millis(ms as u64));
                 }
             }
@@ -1104,6 +1111,11 @@ impl Conn {
         } else {
             Some(now + self.rto)
         };
+        if self.snd_una == self.snd_max && self.unsent() == 0 {
+            // Everything is acknowledged and nothing waits: from here the app is the limit (else
+            // an idle connection would count as busy until it next tries to send).
+            self.set_limit(now, Limit::App);
+        }
     }
 
     fn on_dupack(&mut self, now: Instant) {
@@ -1264,6 +1276,10 @@ impl Conn {
                     self.finish(End::TimedOut);
                     return;
                 }
+            } else if self.window_below_sws() {
+                //= rfc9293#section-3.8.6.2.1
+                // The override timeout: send what the small window takes.
+                self.sws_override = true;
             }
             self.update_persist(now);
         }
@@ -1333,7 +1349,7 @@ impl Conn {
     }
 
     fn update_persist(&mut self, now: Instant) {
-        let need = self.snd_wnd == 0
+        let need = (self.snd_wnd == 0 || self.window_below_sws())
             && self.unsent() > 0
             && self.snd_una == self.snd_max
             && self.state.synchronized();
@@ -1346,6 +1362,14 @@ impl Conn {
             let d = (base * (1u32 << self.backoff.min(10))).min(self.cfg.rto_max);
             self.persist_at = Some(now + d);
         }
+    }
+
+    /// The peer's window is open but too small for sender SWS avoidance to use it (with nothing
+    /// in flight no ACK will come to change that: the persist timer must, as in Linux).
+    fn window_below_sws(&self) -> bool {
+        let unsent = self.unsent() as u64;
+        let wnd = self.snd_wnd as u64;
+        wnd > 0 && wnd < self.snd_mss as u64 && wnd < unsent && wnd < self.max_snd_wnd as u64 / 2
     }
 
     fn rearm_keepalive(&mut self, now: Instant) {
@@ -1526,7 +1550,8 @@ impl Conn {
             //= rfc9293#section-3.8.6.2.1
             // Sender SWS avoidance: a window-limited runt only when it is at least half the
             // largest window the peer offered.
-            if len < self.max_snd_wnd / 2 || len < cwnd_room.min(wnd_room) {
+            if !self.sws_override && (len < self.max_snd_wnd / 2 || len < cwnd_room.min(wnd_room))
+            {
                 return None;
             }
         }
@@ -1738,12 +1763,23 @@ impl Conn {
                     return Some(t);
                 }
                 None => {
-                    let l = if self.unsent() == 0 {
-                        Limit::App
-                    } else if self.snd_una + self.snd_wnd == self.snd_nxt || self.snd_wnd == 0 {
-                        Limit::Rwnd
+                    let want = (self.unsent() as u32).min(self.snd_mss);
+                    let wnd_end = self.snd_una + self.snd_wnd;
+                    let wnd_room = if self.snd_nxt.lt(wnd_end) {
+                        wnd_end - self.snd_nxt
                     } else {
+                        0
+                    };
+                    let cwnd = self.cc.window().min(u32::MAX as u64) as u32;
+                    let l = if want == 0 {
+                        Limit::App
+                    } else if wnd_room < want {
+                        Limit::Rwnd
+                    } else if cwnd.saturating_sub(self.in_flight()) < want {
                         Limit::Cwnd
+                    } else {
+                        // Nagle or cork holds a small tail: the app's pattern, not the network.
+                        Limit::App
                     };
                     self.set_limit(now, l);
                     if l == Limit::Rwnd {
@@ -1859,6 +1895,9 @@ impl Conn {
         self.max_flight_round = self.max_flight_round.max(flight);
         self.cc.on_sent(now, len as u64 + fin as u64, flight as u64);
         self.last_tx_data = now;
+        if fresh.is_some() {
+            self.sws_override = false;
+        }
         self.set_limit(now, Limit::None);
         self.note_sent(now, &seg);
         Transmit {
