@@ -92,7 +92,9 @@ impl Endpoint {
                     // A client that misbehaves only loses its own connection.
                     let _ = serve_client(stream, stack);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
                     std::thread::sleep(ACCEPT_POLL)
                 }
                 Err(_) => std::thread::sleep(ACCEPT_POLL),

@@ -181,7 +181,10 @@ impl Client {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).map_err(io_err)?;
         if n == 0 {
-            return Err((1, format!("{shown} closed the connection without an answer")));
+            return Err((
+                1,
+                format!("{shown} closed the connection without an answer"),
+            ));
         }
         if let Some(e) = line.trim().strip_prefix("error:") {
             return Err((1, format!("{shown} answered: {}", e.trim())));
@@ -344,7 +347,10 @@ fn details(c: &Value) -> String {
         ));
     }
     if n("delivery_rate_bps") > 0 {
-        f.push(format!("delivery_rate {}", rate(n("delivery_rate_bps") as f64)));
+        f.push(format!(
+            "delivery_rate {}",
+            rate(n("delivery_rate_bps") as f64)
+        ));
     }
     if n("in_flight_bytes") > 0 {
         f.push(format!("unacked:{}", n("in_flight_bytes").div_ceil(mss)));

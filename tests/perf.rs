@@ -303,7 +303,10 @@ fn perf_client_against_kernel_iperf3_server() {
         assert!(out.contains("iperf Done."), "{what}:\n{out}");
         if !args.contains(&"-R") {
             // We sent: iperf3's Retr and Cwnd columns, and Retr in the summary.
-            assert!(out.contains("Bitrate         Retr  Cwnd\n"), "{what}:\n{out}");
+            assert!(
+                out.contains("Bitrate         Retr  Cwnd\n"),
+                "{what}:\n{out}"
+            );
             assert!(out.lines().any(is_retr_cwnd_line), "{what}:\n{out}");
             assert!(out.contains("Bitrate         Retr\n"), "{what}:\n{out}");
         }
@@ -343,7 +346,11 @@ fn perf_client_json_against_kernel_iperf3_server() {
     assert!(!doc["intervals"].as_array().is_none_or(Vec::is_empty));
     assert_eq!(doc["start"]["test_start"]["reverse"], 1);
     // The kernel sent and reported its retransmissions.
-    assert!(doc["end"]["sum_sent"]["retransmits"].is_u64(), "{}", doc["end"]);
+    assert!(
+        doc["end"]["sum_sent"]["retransmits"].is_u64(),
+        "{}",
+        doc["end"]
+    );
     let _ = kernel.wait_exit(Duration::from_secs(5));
 
     // Sending ourselves: every interval carries tcp_info fields as iperf3 on Linux writes them.

@@ -70,7 +70,10 @@ fn echo_bytes(s: &mut TcpStream, len: usize) {
         sc.spawn(move || w.write_all(&data).expect("write to the echo"));
         s.read_exact(&mut back).expect("read the echo back");
     });
-    assert!(back.iter().enumerate().all(|(i, &b)| b == (i * 7 % 251) as u8));
+    assert!(back
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i * 7 % 251) as u8));
 }
 
 /// The kernel's view of its connection from `local_port` (`ss -tin`): (its snd_wscale,
@@ -114,12 +117,19 @@ fn stat_shows_kernel_connections_json_and_table() {
     for (c, &n) in conns.iter_mut().zip(&sizes) {
         echo_bytes(c, n);
     }
-    let ports: Vec<u16> = conns.iter().map(|c| c.local_addr().unwrap().port()).collect();
+    let ports: Vec<u16> = conns
+        .iter()
+        .map(|c| c.local_addr().unwrap().port())
+        .collect();
 
     let o = stat(&["--pid", &echo.pid().to_string(), "--json"], None);
     let (out, err) = out_err(&o);
-    assert!(o.status.success(), "stat --pid --json failed:\n{out}\n{err}");
-    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}"));
+    assert!(
+        o.status.success(),
+        "stat --pid --json failed:\n{out}\n{err}"
+    );
+    let doc: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}"));
     let list = doc.as_array().expect("a JSON array");
     for (&port, &n) in ports.iter().zip(&sizes) {
         let c = list
@@ -135,7 +145,10 @@ fn stat_shows_kernel_connections_json_and_table() {
         assert_eq!(num("bytes_sent"), n as u64, "echoed back: {c}");
         assert!(num("bytes_acked") <= n as u64);
         assert!(num("rtt_us") > 0, "{c}");
-        assert!(num("min_rtt_us") > 0 && num("min_rtt_us") <= num("rtt_us"), "{c}");
+        assert!(
+            num("min_rtt_us") > 0 && num("min_rtt_us") <= num("rtt_us"),
+            "{c}"
+        );
         assert!(num("rto_us") >= 200_000, "{c}");
         assert!(num("cwnd_bytes") > 0, "{c}");
         assert!(num("segs_in") > 0 && num("segs_out") > 0);
@@ -156,7 +169,10 @@ fn stat_shows_kernel_connections_json_and_table() {
         .iter()
         .find(|c| c["remote"] == format!("198.18.0.1:{}", ports[2]))
         .unwrap();
-    assert!(big["tcp"]["delivery_rate_bps"].as_u64().unwrap() > 0, "{big}");
+    assert!(
+        big["tcp"]["delivery_rate_bps"].as_u64().unwrap() > 0,
+        "{big}"
+    );
 
     // The table: a header, then a line and an indented detail line per connection.
     let o = stat(&["--socket", sock.to_str().unwrap()], None);
@@ -170,7 +186,10 @@ fn stat_shows_kernel_connections_json_and_table() {
     for (i, l) in lines.iter().enumerate().skip(1) {
         if i % 2 == 0 {
             assert!(l.starts_with("\t "), "detail line {i}: {l}");
-            assert!(l.contains(" rto:") && l.contains(" rtt:") && l.contains(" cwnd:"), "{l}");
+            assert!(
+                l.contains(" rto:") && l.contains(" rtt:") && l.contains(" cwnd:"),
+                "{l}"
+            );
             assert!(l.contains(" wscale:") && l.contains(" retrans:0/"), "{l}");
         }
     }
@@ -242,7 +261,13 @@ fn stat_finds_instances_and_reports_errors_in_one_line() {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns_c.name()])
         .arg(env!("CARGO_BIN_EXE_longhaul"))
-        .args(["echo", "--port", &ns_c.port_spec(), "--ip", common::STACK_CIDR])
+        .args([
+            "echo",
+            "--port",
+            &ns_c.port_spec(),
+            "--ip",
+            common::STACK_CIDR,
+        ])
         .args(["--quiet", "--no-pin", "--control", a]);
     let o = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -473,13 +473,7 @@ impl PerfServer {
             } else {
                 ("receiver", "sender")
             };
-            let ours = line(
-                Some(s.id),
-                end,
-                s.bytes,
-                our_role,
-                s.tcp.retransmits as i64,
-            );
+            let ours = line(Some(s.id), end, s.bytes, our_role, s.tcp.retransmits as i64);
             if s.sending {
                 retr_sum += s.tcp.retransmits as i64;
             } else if let Some(p) = peer {

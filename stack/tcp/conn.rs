@@ -1550,8 +1550,7 @@ impl Conn {
             //= rfc9293#section-3.8.6.2.1
             // Sender SWS avoidance: a window-limited runt only when it is at least half the
             // largest window the peer offered.
-            if !self.sws_override && (len < self.max_snd_wnd / 2 || len < cwnd_room.min(wnd_room))
-            {
+            if !self.sws_override && (len < self.max_snd_wnd / 2 || len < cwnd_room.min(wnd_room)) {
                 return None;
             }
         }
