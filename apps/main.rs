@@ -1,12 +1,14 @@
 //! `longhaul`: one binary, one subcommand per app. Common flags come first:
 //! `longhaul <app> --port tap:IFACE --ip CIDR [--gateway IP] [--cores N] [--budget N] [app flags]`.
 
+mod control;
 mod echo;
 mod httpd;
 mod loadgen;
 mod netem;
 mod perf;
 mod proxy;
+mod stat;
 
 use clap::{Args, Parser, Subcommand};
 use longhaul::stack::parse_size;
@@ -43,6 +45,8 @@ enum AppCmd {
     Netem(netem::NetemArgs),
     /// iperf3-compatible throughput tests (TCP): `perf server` for iperf3 clients, `perf client`.
     Perf(perf::PerfArgs),
+    /// Per-connection TCP state of a running instance, like `ss -ti` (or JSON).
+    Stat(stat::StatArgs),
 }
 
 /// Flags every app takes.
@@ -114,6 +118,12 @@ pub struct Common {
     /// Give up on a connection whose data stays unacknowledged this long.
     #[arg(long, default_value = "120s")]
     pub user_timeout: String,
+    /// Control socket for `longhaul stat` (default: /run/longhaul/<pid>.sock).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<std::path::PathBuf>,
+    /// No control socket.
+    #[arg(long, conflicts_with = "control")]
+    pub no_control: bool,
 }
 
 impl Common {
@@ -188,7 +198,8 @@ where
     })
 }
 
-/// Runs a started stack until SIGINT/SIGTERM, printing a counter line every `interval` unless quiet.
+/// Runs a started stack until SIGINT/SIGTERM, printing a counter line every `interval` unless quiet,
+/// and answering `longhaul stat` on the control socket (removed again on the way out).
 pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> String) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -197,18 +208,45 @@ pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> Strin
             return ExitCode::FAILURE;
         }
     }
-    let interval = Duration::from_secs(common.stats_interval.max(1));
-    let mut last = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if !stack.is_running() {
-            eprintln!("longhaul: a core stopped unexpectedly");
-            return ExitCode::FAILURE;
+    let endpoint = if common.no_control {
+        None
+    } else if let Some(path) = &common.control {
+        match control::Endpoint::bind(path) {
+            Ok(ep) => Some(ep),
+            Err(e) => {
+                eprintln!("longhaul: --control: {e}");
+                stack.stop();
+                return ExitCode::FAILURE;
+            }
         }
-        if !common.quiet && last.elapsed() >= interval {
-            last = Instant::now();
-            println!("{}", stats_line(&stack, extra));
+    } else {
+        // The default socket is a convenience: without it the app still runs.
+        match control::Endpoint::bind(&control::default_path(std::process::id())) {
+            Ok(ep) => Some(ep),
+            Err(e) => {
+                eprintln!("longhaul: no control socket ({e}); `longhaul stat` will not see this instance (--no-control silences this)");
+                None
+            }
         }
+    };
+    let code = std::thread::scope(|s| {
+        if let Some(ep) = &endpoint {
+            let (stack, stop) = (&stack, &*stop);
+            let spawned = std::thread::Builder::new()
+                .name("longhaul-control".into())
+                .spawn_scoped(s, move || ep.serve(stack, stop));
+            if let Err(e) = spawned {
+                eprintln!("longhaul: cannot start the control thread: {e}");
+            }
+        }
+        let code = run_loop(&stack, common, extra, &stop);
+        // Ends the control thread too (it looks at the flag every 50 ms).
+        stop.store(true, Ordering::Relaxed);
+        code
+    });
+    drop(endpoint);
+    if let Some(code) = code {
+        return code;
     }
     let final_line = stats_line(&stack, extra);
     let ok = stack.stop();
@@ -220,6 +258,29 @@ pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> Strin
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The main thread's wait for a signal; `Some(code)` when it has to end early.
+fn run_loop(
+    stack: &Stack,
+    common: &Common,
+    extra: &dyn Fn() -> String,
+    stop: &AtomicBool,
+) -> Option<ExitCode> {
+    let interval = Duration::from_secs(common.stats_interval.max(1));
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if !stack.is_running() {
+            eprintln!("longhaul: a core stopped unexpectedly");
+            return Some(ExitCode::FAILURE);
+        }
+        if !common.quiet && last.elapsed() >= interval {
+            last = Instant::now();
+            println!("{}", stats_line(stack, extra));
+        }
+    }
+    None
 }
 
 fn stats_line(stack: &Stack, extra: &dyn Fn() -> String) -> String {
@@ -251,5 +312,6 @@ fn main() -> ExitCode {
         AppCmd::Loadgen(args) => loadgen::main(args),
         AppCmd::Netem(args) => netem::main(args),
         AppCmd::Perf(args) => perf::main(args),
+        AppCmd::Stat(args) => stat::main(args),
     }
 }

@@ -120,8 +120,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// TCP state as RFC 9293 names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// TCP state as RFC 9293 names it (serialised as the variant's name, e.g. `"Established"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 #[allow(missing_docs)]
 pub enum TcpState {
@@ -138,8 +138,9 @@ pub enum TcpState {
     TimeWait,
 }
 
-/// A snapshot of one connection, like a line of `ss -ti`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A snapshot of one connection, like a line of `ss -ti` (serialisable: `longhaul stat --json`
+/// prints it with these field names, the address as `"IP:PORT"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ConnInfo {
     /// Current state.

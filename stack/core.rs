@@ -5,7 +5,7 @@
 //! and app events (until quiet, bounded) → flush. With nothing to do it spins for `idle_spin`, then
 //! sleeps on the queue's descriptor and its control eventfd until the next timer.
 
-use super::api::App;
+use super::api::{App, ConnInfo};
 use super::config::{Config, ConfigError};
 use super::engine::Engine;
 use super::stats::{CoreStats, SharedStats};
@@ -55,6 +55,8 @@ impl From<ConfigError> for StartError {
 pub(crate) enum Ctl {
     Stop,
     Stats(Sender<CoreStats>),
+    /// Every connection's info (for `longhaul stat`).
+    Conns(Sender<Vec<ConnInfo>>),
     /// An ARP frame another core received: every core keeps its own neighbour cache.
     Arp(Vec<u8>),
 }
@@ -236,6 +238,23 @@ impl Stack {
             .collect()
     }
 
+    /// Every connection of every core (including closing and TIME-WAIT ones) as `(core, info)`,
+    /// asked for through each core's control channel (waits up to 1 s a core; a core that does not
+    /// answer in time contributes nothing).
+    pub fn connections(&self) -> Vec<(usize, ConnInfo)> {
+        let mut all = Vec::new();
+        for (i, c) in self.cores.iter().enumerate() {
+            let (tx, rx) = bounded(1);
+            if c.ctl.send(Ctl::Conns(tx)).is_ok() {
+                c.wake.wake();
+                if let Ok(v) = rx.recv_timeout(Duration::from_secs(1)) {
+                    all.extend(v.into_iter().map(|info| (i, info)));
+                }
+            }
+        }
+        all
+    }
+
     /// The sum of all cores' counters.
     pub fn total(&self) -> CoreStats {
         let mut t = CoreStats::default();
@@ -355,6 +374,9 @@ fn run_core<Q: Queue, A: App, F: Fn(usize) -> A>(
                 }
                 Ctl::Stats(reply) => {
                     let _ = reply.send(engine.stats());
+                }
+                Ctl::Conns(reply) => {
+                    let _ = reply.send(engine.connections(now));
                 }
                 Ctl::Arp(frame) => engine.foreign_frame(&frame, now),
             }

@@ -3,7 +3,7 @@
 //! flush → app tick) at a time the caller gives. The core threads run it against the real clock;
 //! tests run it with virtual time (packet scripts, deterministic simulations).
 
-use super::api::{App, Event};
+use super::api::{App, ConnInfo, Event};
 use super::config::Config;
 use super::device::TxSide;
 use super::io::Io;
@@ -160,6 +160,12 @@ impl<Q: Queue, A: App> Engine<Q, A> {
         self.io.stats.bytes_out = self.tx.bytes;
         self.io.stats.drop_ring_full = self.tx.ring_full;
         self.io.stats
+    }
+
+    /// Every connection of this core with its info at `now` (the control plane's `connections`).
+    pub fn connections(&mut self, now: Duration) -> Vec<ConnInfo> {
+        self.io.set_now(instant(now));
+        self.io.all_info()
     }
 
     /// The app's handle to the stack (to call the API from a test between polls).

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 macro_rules! counters {
     ($(#[$m:meta])* $name:ident, $shared:ident { $($(#[$fm:meta])* $f:ident),* $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
         #[non_exhaustive]
         pub struct $name {
             $($(#[$fm])* pub $f: u64,)*

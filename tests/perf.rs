@@ -122,6 +122,29 @@ fn iperf3_client_against_perf_server_default_reverse_parallel() {
     assert!(lines
         .iter()
         .any(|l| l.contains("Server listening on 5201 (test #5)")));
+    // With -R the server sent: iperf3's Retr and Cwnd columns from the connection's tcp_info.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("Bitrate         Retr  Cwnd")),
+        "no Retr/Cwnd header:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines.iter().any(|l| is_retr_cwnd_line(l)),
+        "no interval line with Retr and Cwnd:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// `[  5]   0.00-1.00   sec  99.9 MBytes   837 Mbits/sec    7   1023 KBytes`.
+fn is_retr_cwnd_line(l: &str) -> bool {
+    let w: Vec<&str> = l.split_whitespace().collect();
+    w.len() >= 5
+        && w[w.len() - 4].ends_with("bits/sec")
+        && w[w.len() - 3].parse::<u64>().is_ok()
+        && w[w.len() - 2].parse::<f64>().is_ok()
+        && w[w.len() - 1].ends_with("Bytes")
 }
 
 #[test]
@@ -155,6 +178,14 @@ fn iperf3_json_against_perf_server_parses() {
         assert_eq!(streams, want, "{what}: end.streams");
         // The remote (our server) reported its CPU use.
         assert!(doc["end"]["cpu_utilization_percent"]["remote_total"].is_number());
+        // With -R our server sent and reported its retransmissions (iperf3 sums them).
+        if args.contains(&"-R") {
+            assert!(
+                doc["end"]["sum_sent"]["retransmits"].is_u64(),
+                "{what}: sum_sent {}",
+                doc["end"]["sum_sent"]
+            );
+        }
     }
 }
 
@@ -270,6 +301,15 @@ fn perf_client_against_kernel_iperf3_server() {
         let bps = receiver_rate(&out, parallel);
         assert!(bps > 1e6, "{what}: receiver rate {bps} bit/s:\n{out}");
         assert!(out.contains("iperf Done."), "{what}:\n{out}");
+        if !args.contains(&"-R") {
+            // We sent: iperf3's Retr and Cwnd columns, and Retr in the summary.
+            assert!(
+                out.contains("Bitrate         Retr  Cwnd\n"),
+                "{what}:\n{out}"
+            );
+            assert!(out.lines().any(is_retr_cwnd_line), "{what}:\n{out}");
+            assert!(out.contains("Bitrate         Retr\n"), "{what}:\n{out}");
+        }
         eprintln!("{what}: {:.2} Gbit/s", bps / 1e9);
         // The kernel's iperf3 saw a complete test and exited by itself (-1).
         let status = kernel.wait_exit(Duration::from_secs(5));
@@ -305,6 +345,35 @@ fn perf_client_json_against_kernel_iperf3_server() {
     assert_eq!(doc["end"]["streams"].as_array().map_or(0, Vec::len), 2);
     assert!(!doc["intervals"].as_array().is_none_or(Vec::is_empty));
     assert_eq!(doc["start"]["test_start"]["reverse"], 1);
+    // The kernel sent and reported its retransmissions.
+    assert!(
+        doc["end"]["sum_sent"]["retransmits"].is_u64(),
+        "{}",
+        doc["end"]
+    );
+    let _ = kernel.wait_exit(Duration::from_secs(5));
+
+    // Sending ourselves: every interval carries tcp_info fields as iperf3 on Linux writes them.
+    let mut kernel = kernel_server(&ns);
+    let run = perf_client(&ns, &["-t", "2", "--json"]);
+    assert_ok(&run, "longhaul perf client --json (sending)");
+    let (out, _) = text(&run);
+    let doc: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}"));
+    assert!(doc.get("error").is_none(), "{}", doc["error"]);
+    let intervals = doc["intervals"].as_array().expect("intervals");
+    assert!(!intervals.is_empty());
+    for iv in intervals {
+        let st = &iv["streams"][0];
+        assert!(st["retransmits"].is_u64(), "{st}");
+        assert!(st["snd_cwnd"].as_u64().unwrap_or(0) > 0, "{st}");
+        assert!(st["rtt"].is_u64() && st["rttvar"].is_u64(), "{st}");
+        assert!(iv["sum"]["retransmits"].is_u64(), "{}", iv["sum"]);
+    }
+    let sender = &doc["end"]["streams"][0]["sender"];
+    assert!(sender["retransmits"].is_u64(), "{sender}");
+    assert!(sender["max_snd_cwnd"].as_u64().unwrap_or(0) > 0, "{sender}");
+    assert!(doc["end"]["sum_sent"]["retransmits"].is_u64());
     let _ = kernel.wait_exit(Duration::from_secs(5));
 }
 

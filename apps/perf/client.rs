@@ -19,6 +19,10 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// How long connecting and setting up may take before the client gives up.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A stream's totals: (id, sent bytes, sender secs, received bytes, receiver secs, the sender's
+/// retransmissions when known).
+type Total = (u32, u64, f64, u64, f64, Option<u64>);
+
 /// What the client was asked to do.
 #[derive(Clone, Debug)]
 pub struct ClientOpts {
@@ -49,6 +53,8 @@ struct CStream {
     off: usize,
     cookie_off: usize,
     local: Option<SocketAddrV4>,
+    /// Retransmissions, cwnd and RTT while this side sends (iperf3's Retr and Cwnd).
+    tcp: report::SenderInfo,
 }
 
 /// The perf client app (one core).
@@ -195,7 +201,11 @@ impl PerfClient {
                     self.start = Some(now);
                     self.last_mark = now;
                     self.cpu = Some(CpuMeter::start());
-                    self.say(report::HEADER);
+                    self.say(if self.o.reverse {
+                        report::HEADER
+                    } else {
+                        report::HEADER_RETR_CWND
+                    });
                 }
                 ClientAction::TestRunning => {
                     self.running = true;
@@ -240,6 +250,7 @@ impl PerfClient {
                     off: 0,
                     cookie_off: 0,
                     local: None,
+                    tcp: report::SenderInfo::default(),
                 });
             }
             Err(e) => self.finish(io, Some(format!("unable to connect stream: {e}"))),
@@ -343,7 +354,7 @@ impl PerfClient {
         }
         let over = now.duration_since(start) >= Duration::from_secs(self.o.time_secs);
         if now.duration_since(self.last_mark) >= INTERVAL || over {
-            self.interval(now);
+            self.interval(io, now);
         }
         if over {
             self.running = false;
@@ -353,32 +364,59 @@ impl PerfClient {
         }
     }
 
-    fn interval(&mut self, now: Instant) {
+    fn interval(&mut self, io: &mut Io, now: Instant) {
         let (a, b) = (self.secs(self.last_mark), self.secs(now));
         if b - a < 0.05 {
             return;
         }
         let sender = !self.o.reverse;
-        let mut sum = 0;
+        let (mut sum, mut sum_retr) = (0, 0);
         let mut jstreams = Vec::new();
         let mut lines = Vec::new();
         for s in &mut self.streams {
             let d = s.bytes - s.mark;
             s.mark = s.bytes;
             sum += d;
-            lines.push(report::line(Some(s.id), a, b, d, ""));
-            jstreams.push(report::json_entry(Some(s.id), a, b, d, sender));
+            let mut entry = report::json_entry(Some(s.id), a, b, d, sender);
+            if sender {
+                if let Some(info) = s.conn.and_then(|c| io.info(c)) {
+                    s.tcp.sample(&info);
+                }
+                let retr = s.tcp.take_interval();
+                sum_retr += retr;
+                s.tcp.add_interval_json(&mut entry, retr);
+                lines.push(report::sender_line(
+                    Some(s.id),
+                    a,
+                    b,
+                    d,
+                    retr,
+                    Some(s.tcp.cwnd),
+                    "",
+                ));
+            } else {
+                lines.push(report::line(Some(s.id), a, b, d, ""));
+            }
+            jstreams.push(entry);
         }
         if self.streams.len() > 1 {
-            lines.push(report::line(None, a, b, sum, ""));
+            lines.push(if sender {
+                report::sender_line(None, a, b, sum, sum_retr, None, "")
+            } else {
+                report::line(None, a, b, sum, "")
+            });
         }
         self.last_mark = now;
         for l in lines {
             self.say(&l);
         }
+        let mut jsum = report::json_entry(None, a, b, sum, sender);
+        if sender {
+            jsum["retransmits"] = json!(sum_retr);
+        }
         self.intervals.push(json!({
             "streams": jstreams,
-            "sum": report::json_entry(None, a, b, sum, sender),
+            "sum": jsum,
         }));
     }
 
@@ -389,7 +427,7 @@ impl PerfClient {
             cpu_util_total: total,
             cpu_util_user: user,
             cpu_util_system: system,
-            sender_has_retransmits: if self.o.reverse { -1 } else { 0 },
+            sender_has_retransmits: if self.o.reverse { -1 } else { 1 },
             congestion_used: Some("cubic".into()),
             server_output_text: None,
             streams: self
@@ -398,7 +436,11 @@ impl PerfClient {
                 .map(|s| StreamResult {
                     id: s.id as i64,
                     bytes: s.bytes,
-                    retransmits: -1,
+                    retransmits: if self.o.reverse {
+                        -1
+                    } else {
+                        s.tcp.retransmits as i64
+                    },
                     jitter: 0.0,
                     errors: 0,
                     packets: 0,
@@ -409,9 +451,14 @@ impl PerfClient {
         }
     }
 
-    /// Per stream: (id, sent bytes, sender secs, received bytes, receiver secs).
-    fn totals(&self) -> Vec<(u32, u64, f64, u64, f64)> {
+    /// Per stream: (id, sent bytes, sender secs, received bytes, receiver secs, the sender's
+    /// retransmissions when known).
+    fn totals(&self) -> Vec<Total> {
         let ours = self.secs(self.end.unwrap_or_else(Instant::now));
+        let peer_has_retr = self
+            .server_results
+            .as_ref()
+            .is_some_and(|r| r.sender_has_retransmits == 1);
         self.streams
             .iter()
             .map(|s| {
@@ -419,12 +466,13 @@ impl PerfClient {
                     .server_results
                     .as_ref()
                     .and_then(|r| r.streams.iter().find(|x| x.id == s.id as i64))
-                    .map(|x| (x.bytes, (x.end_time - x.start_time).max(0.0)))
-                    .unwrap_or((0, 0.0));
+                    .map(|x| (x.bytes, (x.end_time - x.start_time).max(0.0), x.retransmits))
+                    .unwrap_or((0, 0.0, -1));
                 if self.o.reverse {
-                    (s.id, peer.0, peer.1, s.bytes, ours)
+                    let retr = (peer_has_retr && peer.2 >= 0).then_some(peer.2 as u64);
+                    (s.id, peer.0, peer.1, s.bytes, ours, retr)
                 } else {
-                    (s.id, s.bytes, ours, peer.0, peer.1)
+                    (s.id, s.bytes, ours, peer.0, peer.1, Some(s.tcp.retransmits))
                 }
             })
             .collect()
@@ -432,19 +480,29 @@ impl PerfClient {
 
     fn summary(&self) {
         self.say(report::SEPARATOR);
-        self.say(report::HEADER);
         let t = self.totals();
-        let (mut sent, mut rcvd, mut st, mut rt) = (0, 0, 0f64, 0f64);
-        for &(id, sb, ss, rb, rs) in &t {
-            self.say(&report::line(Some(id), 0.0, ss, sb, "sender"));
+        let with_retr = t.iter().all(|x| x.5.is_some());
+        self.say(if with_retr {
+            report::HEADER_RETR
+        } else {
+            report::HEADER
+        });
+        let sender_line = |id, secs, bytes, retr: Option<u64>| match retr {
+            Some(r) if with_retr => report::sender_line(id, 0.0, secs, bytes, r, None, "sender"),
+            _ => report::line(id, 0.0, secs, bytes, "sender"),
+        };
+        let (mut sent, mut rcvd, mut st, mut rt, mut retr) = (0, 0, 0f64, 0f64, 0);
+        for &(id, sb, ss, rb, rs, r) in &t {
+            self.say(&sender_line(Some(id), ss, sb, r));
             self.say(&report::line(Some(id), 0.0, rs, rb, "receiver"));
             sent += sb;
             rcvd += rb;
             st = st.max(ss);
             rt = rt.max(rs);
+            retr += r.unwrap_or(0);
         }
         if t.len() > 1 {
-            self.say(&report::line(None, 0.0, st, sent, "sender"));
+            self.say(&sender_line(None, st, sent, Some(retr)));
             self.say(&report::line(None, 0.0, rt, rcvd, "receiver"));
         }
         self.say("");
@@ -455,15 +513,29 @@ impl PerfClient {
         let t = self.totals();
         let mut streams = Vec::new();
         let (mut sent, mut rcvd, mut st, mut rt) = (0, 0, 0f64, 0f64);
-        for &(id, sb, ss, rb, rs) in &t {
+        let mut retr = Some(0u64);
+        for (&(id, sb, ss, rb, rs, r), s) in t.iter().zip(&self.streams) {
+            let mut sender = report::json_entry(Some(id), 0.0, ss, sb, !self.o.reverse);
+            if self.o.reverse {
+                if let Some(r) = r {
+                    sender["retransmits"] = json!(r);
+                }
+            } else {
+                s.tcp.add_summary_json(&mut sender);
+            }
             streams.push(json!({
-                "sender": report::json_entry(Some(id), 0.0, ss, sb, !self.o.reverse),
+                "sender": sender,
                 "receiver": report::json_entry(Some(id), 0.0, rs, rb, !self.o.reverse),
             }));
             sent += sb;
             rcvd += rb;
             st = st.max(ss);
             rt = rt.max(rs);
+            retr = retr.zip(r).map(|(a, b)| a + b);
+        }
+        let mut sum_sent = report::json_entry(None, 0.0, st, sent, true);
+        if let Some(r) = retr {
+            sum_sent["retransmits"] = json!(r);
         }
         let local = self.cpu.as_ref().map(|c| c.percent()).unwrap_or_default();
         let remote = self.server_results.as_ref().map_or((0.0, 0.0, 0.0), |r| {
@@ -499,7 +571,7 @@ impl PerfClient {
             "intervals": self.intervals,
             "end": {
                 "streams": streams,
-                "sum_sent": report::json_entry(None, 0.0, st, sent, true),
+                "sum_sent": sum_sent,
                 "sum_received": report::json_entry(None, 0.0, rt, rcvd, false),
                 "cpu_utilization_percent": {
                     "host_total": local.0,

@@ -55,6 +55,11 @@ pub fn bps(bytes: u64, secs: f64) -> f64 {
 
 /// The column header.
 pub const HEADER: &str = "[ ID] Interval           Transfer     Bitrate";
+/// The header of a sender's intervals (iperf3 on Linux, from `tcp_info`).
+pub const HEADER_RETR_CWND: &str =
+    "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd";
+/// The header of a summary with a sender's retransmissions.
+pub const HEADER_RETR: &str = "[ ID] Interval           Transfer     Bitrate         Retr";
 /// Between the intervals and the summary.
 pub const SEPARATOR: &str = "- - - - - - - - - - - - - - - - - - - - - - - - -";
 
@@ -71,6 +76,95 @@ pub fn line(id: Option<u32>, start: f64, end: f64, bytes: u64, role: &str) -> St
         rate_text(bytes, end - start)
     );
     l.trim_end().to_string()
+}
+
+/// A sender's line with the Retr column (and Cwnd for an interval of one stream):
+/// `[  5]   0.00-1.00   sec  99.9 MBytes   837 Mbits/sec    7   1023 KBytes`,
+/// `[  5]   0.00-10.00  sec  1.10 GBytes   941 Mbits/sec    7             sender`.
+#[allow(clippy::too_many_arguments)]
+pub fn sender_line(
+    id: Option<u32>,
+    start: f64,
+    end: f64,
+    bytes: u64,
+    retransmits: u64,
+    cwnd: Option<u64>,
+    role: &str,
+) -> String {
+    let base = line(id, start, end, bytes, "");
+    let l = match cwnd {
+        Some(c) => format!("{base}  {retransmits:3}   {}", bytes_text(c)),
+        None => format!("{base}  {retransmits:3}             {role}"),
+    };
+    l.trim_end().to_string()
+}
+
+/// What iperf3 reads from a sending stream's `tcp_info` (Linux): retransmissions, the congestion
+/// window and the RTT, sampled at every interval.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SenderInfo {
+    /// Retransmitted segments over the whole test so far.
+    pub retransmits: u64,
+    mark: u64,
+    /// The last sample: congestion window (bytes), RTT and its variation (µs), path MTU.
+    pub cwnd: u64,
+    pub rtt_us: u64,
+    pub rttvar_us: u64,
+    pub pmtu: u64,
+    max_cwnd: u64,
+    max_rtt: u64,
+    min_rtt: u64,
+    rtt_sum: u64,
+    samples: u64,
+}
+
+impl SenderInfo {
+    /// Takes a sample from the connection's info.
+    pub fn sample(&mut self, info: &longhaul::ConnInfo) {
+        let t = &info.tcp;
+        self.retransmits = t.retransmits_total;
+        self.cwnd = t.cwnd_bytes;
+        self.rtt_us = t.rtt_us;
+        self.rttvar_us = t.rttvar_us;
+        // MSS + TCP/IP headers (+ timestamps), as the kernel's path MTU.
+        self.pmtu = t.snd_mss as u64 + 40 + if t.timestamps { 12 } else { 0 };
+        self.max_cwnd = self.max_cwnd.max(self.cwnd);
+        self.max_rtt = self.max_rtt.max(self.rtt_us);
+        self.min_rtt = if self.samples == 0 {
+            self.rtt_us
+        } else {
+            self.min_rtt.min(self.rtt_us)
+        };
+        self.rtt_sum += self.rtt_us;
+        self.samples += 1;
+    }
+
+    /// Retransmissions since the last call (the interval's Retr).
+    pub fn take_interval(&mut self) -> u64 {
+        let d = self.retransmits.saturating_sub(self.mark);
+        self.mark = self.retransmits;
+        d
+    }
+
+    /// Adds an interval's `retransmits`, `snd_cwnd`, `rtt`, `rttvar` and `pmtu` to a JSON stream
+    /// entry, as iperf3 does for a sender on Linux.
+    pub fn add_interval_json(&self, entry: &mut Value, retransmits: u64) {
+        entry["retransmits"] = json!(retransmits);
+        entry["snd_cwnd"] = json!(self.cwnd);
+        entry["rtt"] = json!(self.rtt_us);
+        entry["rttvar"] = json!(self.rttvar_us);
+        entry["pmtu"] = json!(self.pmtu);
+    }
+
+    /// Adds the test's `retransmits`, `max_snd_cwnd`, `max_rtt`, `min_rtt` and `mean_rtt` to the
+    /// sender's summary entry of a stream.
+    pub fn add_summary_json(&self, entry: &mut Value) {
+        entry["retransmits"] = json!(self.retransmits);
+        entry["max_snd_cwnd"] = json!(self.max_cwnd);
+        entry["max_rtt"] = json!(self.max_rtt);
+        entry["min_rtt"] = json!(self.min_rtt);
+        entry["mean_rtt"] = json!(self.rtt_sum.checked_div(self.samples).unwrap_or(0));
+    }
 }
 
 /// A JSON interval/summary entry the way iperf3 writes it.
@@ -163,6 +257,22 @@ mod tests {
         assert_eq!(
             line(None, 0.0, 10.0, 1024 * 1024 * 1024, "receiver"),
             "[SUM]   0.00-10.00  sec  1.00 GBytes   859 Mbits/sec                  receiver"
+        );
+    }
+
+    #[test]
+    fn sender_lines_match_iperf3() {
+        assert_eq!(
+            sender_line(Some(5), 0.0, 1.0, 104_752_742, 7, Some(1023 * 1024), ""),
+            "[  5]   0.00-1.00   sec  99.9 MBytes   838 Mbits/sec    7   1023 KBytes"
+        );
+        assert_eq!(
+            sender_line(None, 0.0, 1.0, 215_000_000, 14, None, ""),
+            "[SUM]   0.00-1.00   sec   205 MBytes  1.72 Gbits/sec   14"
+        );
+        assert_eq!(
+            sender_line(Some(5), 0.0, 1.0, 104_752_742, 7, None, "sender"),
+            "[  5]   0.00-1.00   sec  99.9 MBytes   838 Mbits/sec    7             sender"
         );
     }
 

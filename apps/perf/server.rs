@@ -34,6 +34,8 @@ struct Stream {
     mark: u64,
     /// Offset into the send block of the next write.
     off: usize,
+    /// Retransmissions, cwnd and RTT while this stream sends (iperf3's Retr and Cwnd).
+    tcp: report::SenderInfo,
 }
 
 struct Test {
@@ -198,6 +200,7 @@ impl PerfServer {
                 bytes: 0,
                 mark: 0,
                 off: 0,
+                tcp: report::SenderInfo::default(),
             });
             // Read on until WouldBlock so Readable comes again (edge-triggered).
             while let Ok(n) = io.read(c, &mut self.rbuf) {
@@ -211,7 +214,11 @@ impl PerfServer {
                 t.start = Some(now);
                 t.last_mark = now;
                 t.cpu = Some(CpuMeter::start());
-                t.say(report::HEADER.to_string());
+                t.say(if t.directions.iter().any(|&d| d) {
+                    report::HEADER_RETR_CWND.to_string()
+                } else {
+                    report::HEADER.to_string()
+                });
                 self.flush_ctl(io);
                 self.pump_all(io);
             }
@@ -371,7 +378,7 @@ impl PerfServer {
     /// The test is over for us: final interval, then the streams are closed.
     fn stop_streams(&mut self, io: &mut Io) {
         let now = Instant::now();
-        self.interval(now, true);
+        self.interval(io, now, true);
         let Some(t) = self.test.as_mut() else {
             return;
         };
@@ -379,6 +386,10 @@ impl PerfServer {
             t.end = Some(now);
         }
         for s in &mut t.streams {
+            // The last count of retransmissions for the summary and the results.
+            if let (true, Some(info)) = (s.sending, s.conn.and_then(|c| io.info(c))) {
+                s.tcp.sample(&info);
+            }
             if let Some(c) = s.conn.take() {
                 if s.sending {
                     let _ = io.close(c); // queued data, then FIN
@@ -400,8 +411,7 @@ impl PerfServer {
             cpu_util_total: total,
             cpu_util_user: user,
             cpu_util_system: system,
-            // We have no retransmission counter to report (0 = "not available").
-            sender_has_retransmits: if sends { 0 } else { -1 },
+            sender_has_retransmits: if sends { 1 } else { -1 },
             congestion_used: Some("cubic".into()),
             server_output_text: t
                 .params
@@ -414,7 +424,11 @@ impl PerfServer {
                 .map(|s| StreamResult {
                     id: s.id as i64,
                     bytes: s.bytes,
-                    retransmits: -1,
+                    retransmits: if s.sending {
+                        s.tcp.retransmits as i64
+                    } else {
+                        -1
+                    },
                     jitter: 0.0,
                     errors: 0,
                     packets: 0,
@@ -431,20 +445,41 @@ impl PerfServer {
             return;
         };
         let end = t.secs(t.end.unwrap_or_else(Instant::now));
-        let mut lines = vec![report::SEPARATOR.to_string(), report::HEADER.to_string()];
-        let (mut sent, mut rcvd) = (0u64, 0u64);
+        // The Retr column when every sender's count is known (ours, or the client's results).
+        let client_retr = client.is_some_and(|r| r.sender_has_retransmits == 1);
+        let with_retr = t.streams.iter().all(|s| s.sending || client_retr);
+        let mut lines = vec![
+            report::SEPARATOR.to_string(),
+            if with_retr {
+                report::HEADER_RETR.to_string()
+            } else {
+                report::HEADER.to_string()
+            },
+        ];
+        let line = |id, secs, bytes, role: &str, retr: i64| {
+            if role == "sender" && with_retr && retr >= 0 {
+                report::sender_line(id, 0.0, secs, bytes, retr as u64, None, role)
+            } else {
+                report::line(id, 0.0, secs, bytes, role)
+            }
+        };
+        let (mut sent, mut rcvd, mut retr_sum) = (0u64, 0u64, 0i64);
         for s in &t.streams {
             let peer = client
                 .and_then(|r| r.streams.iter().find(|x| x.id == s.id as i64))
-                .map(|x| (x.bytes, (x.end_time - x.start_time).max(0.0)));
+                .map(|x| (x.bytes, (x.end_time - x.start_time).max(0.0), x.retransmits));
             let (our_role, peer_role) = if s.sending {
                 ("sender", "receiver")
             } else {
                 ("receiver", "sender")
             };
-            let ours = report::line(Some(s.id), 0.0, end, s.bytes, our_role);
-            let theirs =
-                peer.map(|(b, secs)| (report::line(Some(s.id), 0.0, secs, b, peer_role), b));
+            let ours = line(Some(s.id), end, s.bytes, our_role, s.tcp.retransmits as i64);
+            if s.sending {
+                retr_sum += s.tcp.retransmits as i64;
+            } else if let Some(p) = peer {
+                retr_sum += p.2.max(0);
+            }
+            let theirs = peer.map(|(b, secs, r)| (line(Some(s.id), secs, b, peer_role, r), b));
             let (first, second) = if s.sending {
                 (Some(ours), theirs.as_ref().map(|x| x.0.clone()))
             } else {
@@ -461,8 +496,8 @@ impl PerfServer {
             }
         }
         if t.streams.len() > 1 {
-            lines.push(report::line(None, 0.0, end, sent, "sender"));
-            lines.push(report::line(None, 0.0, end, rcvd, "receiver"));
+            lines.push(line(None, end, sent, "sender", retr_sum));
+            lines.push(line(None, end, rcvd, "receiver", -1));
         }
         for l in lines {
             t.say(l);
@@ -477,7 +512,7 @@ impl PerfServer {
     }
 
     /// Prints an interval when one is due (or the last, partial one when `last`).
-    fn interval(&mut self, now: Instant, last: bool) {
+    fn interval(&mut self, io: &mut Io, now: Instant, last: bool) {
         let Some(t) = self.test.as_mut() else {
             return;
         };
@@ -490,15 +525,37 @@ impl PerfServer {
         }
         let (a, b) = (t.secs(t.last_mark), t.secs(now));
         let mut lines = Vec::new();
-        let mut sum = 0;
+        let (mut sum, mut sum_retr) = (0, 0);
+        let all_send = t.streams.iter().all(|s| s.sending);
         for s in &mut t.streams {
             let d = s.bytes - s.mark;
             s.mark = s.bytes;
             sum += d;
-            lines.push(report::line(Some(s.id), a, b, d, ""));
+            if s.sending {
+                if let Some(info) = s.conn.and_then(|c| io.info(c)) {
+                    s.tcp.sample(&info);
+                }
+                let retr = s.tcp.take_interval();
+                sum_retr += retr;
+                lines.push(report::sender_line(
+                    Some(s.id),
+                    a,
+                    b,
+                    d,
+                    retr,
+                    Some(s.tcp.cwnd),
+                    "",
+                ));
+            } else {
+                lines.push(report::line(Some(s.id), a, b, d, ""));
+            }
         }
         if t.streams.len() > 1 {
-            lines.push(report::line(None, a, b, sum, ""));
+            lines.push(if all_send {
+                report::sender_line(None, a, b, sum, sum_retr, None, "")
+            } else {
+                report::line(None, a, b, sum, "")
+            });
         }
         t.last_mark = now;
         for l in lines {
@@ -664,7 +721,7 @@ impl App for PerfServer {
             self.pending.remove(&c);
             let _ = io.abort(c);
         }
-        self.interval(now, false);
+        self.interval(io, now, false);
         let Some(t) = self.test.as_ref() else {
             return;
         };

@@ -115,7 +115,12 @@ pub struct Transmit {
 }
 
 /// Per-connection counters and estimates, in the spirit of Linux's `tcp_info`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// Times are microseconds, windows and counts of data bytes are bytes (not segments as in Linux).
+/// `bytes_sent` counts new data only; retransmitted bytes are in `bytes_retrans` (Linux's
+/// `tcpi_bytes_sent` includes them). Serialises to JSON with these field names (`longhaul stat
+/// --json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct TcpInfo {
     pub rtt_us: u64,
@@ -141,6 +146,15 @@ pub struct TcpInfo {
     pub dupacks_in: u64,
     pub sacks_in: u64,
     pub dsacks_out: u64,
+    /// Segments the sender currently counts as lost (Linux `tcpi_lost`). Always 0 for now: NewReno
+    /// recovery keeps no per-segment scoreboard; the SACK scoreboard of the loss-recovery work
+    /// (issue 8) fills it.
+    pub lost_segs: u64,
+    /// Segments currently SACKed by the peer (Linux `tcpi_sacked`). Always 0 for now, for the same
+    /// reason as `lost_segs`.
+    pub sacked_segs: u64,
+    /// Data delivered to the peer per round trip (bytes acknowledged over the last round, in bits
+    /// per second), like Linux's `tcpi_delivery_rate`; 0 until a round has completed.
     pub delivery_rate_bps: u64,
     /// Receive window we advertise and the peer's (both unscaled bytes).
     pub rcv_wnd: u64,
@@ -272,6 +286,9 @@ pub struct Conn {
     rtx_at: Option<Seq>,
     delivered: u64,
     round_end: Seq,
+    /// When the current round began and `delivered` then (for the delivery rate).
+    round_started_at: Instant,
+    round_start_delivered: u64,
     /// Largest flight this round and the last, for Linux's "cwnd-limited" test.
     max_flight_round: u32,
     max_flight_prev: u32,
@@ -383,6 +400,8 @@ impl Conn {
             rtx_at: None,
             delivered: 0,
             round_end: iss,
+            round_started_at: now,
+            round_start_delivered: 0,
             max_flight_round: 0,
             max_flight_prev: 0,
             drs_start: now,
@@ -1078,7 +1097,10 @@ impl Conn {
         if rtt.is_none() && self.ts_enabled {
             if let Some(ts) = seg.opts.timestamp {
                 let ms = self.tsval(now).wrapping_sub(ts.ecr);
-                if ts.ecr != 0 && (ms as i32) >= 0 && ms < 60_000 {
+                // The echo only counts whole milliseconds: a 0 or 1 ms sample says "under 2 ms",
+                // which the timed segment measures in microseconds (taking 0 as 1 µs dragged
+                // SRTT and min RTT towards zero on short paths).
+                if ts.ecr != 0 && (2..60_000).contains(&ms) {
                     rtt = Some(Duration::from_millis(ms as u64));
                 }
             }
@@ -1099,6 +1121,14 @@ impl Conn {
 
         let round_start = ack.ge(self.round_end);
         if round_start {
+            let round_time = now.saturating_since(self.round_started_at);
+            if !round_time.is_zero() {
+                let bits = (self.delivered - self.round_start_delivered) as u128 * 8;
+                self.info.delivery_rate_bps =
+                    (bits * 1_000_000_000 / round_time.as_nanos()).min(u64::MAX as u128) as u64;
+            }
+            self.round_started_at = now;
+            self.round_start_delivered = self.delivered;
             self.round_end = self.snd_max;
             self.max_flight_prev = self.max_flight_round;
             self.max_flight_round = self.in_flight();
@@ -1167,6 +1197,11 @@ impl Conn {
         } else {
             Some(now + self.rto)
         };
+        if self.snd_una == self.snd_max && self.unsent() == 0 {
+            // Everything is acknowledged and nothing waits: from here the app is the limit (else
+            // an idle connection would count as busy until it next tries to send).
+            self.set_limit(now, Limit::App);
+        }
     }
 
     fn on_dupack(&mut self, now: Instant) {
@@ -1844,12 +1879,23 @@ impl Conn {
                     return Some(t);
                 }
                 None => {
-                    let l = if self.unsent() == 0 {
-                        Limit::App
-                    } else if self.snd_una + self.snd_wnd == self.snd_nxt || self.snd_wnd == 0 {
-                        Limit::Rwnd
+                    let want = (self.unsent() as u32).min(self.snd_mss);
+                    let wnd_end = self.snd_una + self.snd_wnd;
+                    let wnd_room = if self.snd_nxt.lt(wnd_end) {
+                        wnd_end - self.snd_nxt
                     } else {
+                        0
+                    };
+                    let cwnd = self.cc.window().min(u32::MAX as u64) as u32;
+                    let l = if want == 0 {
+                        Limit::App
+                    } else if wnd_room < want {
+                        Limit::Rwnd
+                    } else if cwnd.saturating_sub(self.in_flight()) < want {
                         Limit::Cwnd
+                    } else {
+                        // Nagle or cork holds a small tail: the app's pattern, not the network.
+                        Limit::App
                     };
                     self.set_limit(now, l);
                     // Also when new data meets a window too small to use (not only a zero one).
