@@ -1136,6 +1136,7 @@ impl Conn {
             round_start,
             in_recovery,
             mss: self.snd_mss,
+            lost_bytes: 0,
         };
         self.cc.on_ack(&sample);
         self.grow_send_buffer();
