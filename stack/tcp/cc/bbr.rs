@@ -236,7 +236,9 @@ struct Undo {
     inflight_longterm: u64,
 }
 
-/// BBRv3 congestion control. See the [module documentation](self).
+/// BBRv3 congestion control (draft-ietf-ccwg-bbr-06). The module documentation in
+/// `stack/tcp/cc/bbr.rs` gives the state machine, where each input comes from and what is
+/// simplified relative to the draft.
 #[derive(Debug)]
 pub struct Bbr {
     // --- connection state (C) ---
