@@ -143,7 +143,7 @@ fn configuration_mistakes_get_one_line_and_exit_2() {
                 "--cc",
                 "vegas",
             ],
-            "choose newreno (or reno) or cubic",
+            "choose newreno (or reno), cubic or bbr",
         ),
         (
             &[

@@ -1172,6 +1172,7 @@ impl Conn {
             round_start,
             in_recovery,
             mss: self.snd_mss,
+            lost_bytes: 0,
         };
         self.cc.on_ack(&sample);
         self.grow_send_buffer();
