@@ -102,7 +102,8 @@ impl TimerWheel {
             heads: [[NIL; SLOTS]; LEVELS],
             min_at: [[u64::MAX; SLOTS]; LEVELS],
             occupied: [0; LEVELS],
-            nodes: Vec::new(),
+            // Room for a busy core's timers up front, so steady state never grows the slab.
+            nodes: Vec::with_capacity(1024),
             free: NIL,
             len: 0,
             slot_visits: 0,
