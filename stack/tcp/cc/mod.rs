@@ -74,7 +74,11 @@ pub use self::newreno::NewReno;
 pub const MAX_WINDOW: u64 = 1 << 40;
 
 /// What one ACK told the sender. All byte counts are bytes, not segments.
-#[derive(Clone, Copy, Debug)]
+///
+/// The fields after `mss` come from the engine's delivery-rate estimator
+/// (draft-cheng-iccrg-delivery-rate-estimation) and loss detector; `Default` gives an empty
+/// sample for tests.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct AckSample {
     /// When the ACK was processed.
     pub now: Instant,
@@ -102,6 +106,29 @@ pub struct AckSample {
     pub in_recovery: bool,
     /// The sender's MSS, bytes.
     pub mss: u32,
+    /// Bytes newly SACKed by this ACK (included in `acked_bytes`).
+    pub sacked_bytes: u64,
+    /// Bytes newly marked lost while processing this ACK (RACK, DupThresh).
+    pub lost_bytes: u64,
+    /// Total bytes marked lost on the connection so far.
+    pub lost_total: u64,
+    /// The rate sample's newest segment was sent while the application limited sending
+    /// (draft-cheng §3.4): the sample may under-estimate the path. `app_limited` above is the
+    /// engine's "did not use its window" test that holds window growth; this is the one a
+    /// bandwidth model filters samples with.
+    pub is_app_limited: bool,
+    /// Bytes delivered over the rate sample's interval (0 without a sample).
+    pub rate_delivered: u64,
+    /// The rate sample's interval (`max(send_elapsed, ack_elapsed)`).
+    pub rate_interval: Duration,
+    /// `delivered` when the sample's newest segment was sent (BBR's round counting).
+    pub prior_delivered: u64,
+    /// Bytes in flight just after the sample's newest segment was sent (BBR `tx_in_flight`).
+    pub tx_in_flight: u64,
+    /// Bytes marked lost between that segment's send and this ACK (BBR `rs.lost`).
+    pub rate_lost: u64,
+    /// The sample's newest segment was a retransmission.
+    pub rate_is_retrans: bool,
 }
 
 /// A congestion-control algorithm. See the [module documentation](self) for the call contract.

@@ -283,18 +283,36 @@ impl Scoreboard {
     }
 
     /// The first record marked lost and not retransmitted since (RFC 6675 NextSeg rule 1).
-    pub fn next_lost(&mut self) -> Option<usize> {
+    /// The search starts at a hint kept by [`mark_lost`](Self::mark_lost) and
+    /// [`retransmit`](Self::retransmit), so a recovery walks the board once, not per segment.
+    pub fn next_lost(&self) -> Option<usize> {
         let hint = self.rtx_hint?;
         let from = self.segs.partition_point(|s| s.end.le(hint));
-        for i in from..self.segs.len() {
+        (from..self.segs.len()).find(|&i| {
             let s = &self.segs[i];
-            if s.has(LOST) && !s.has(RETRANS) && !s.has(SACKED) {
-                self.rtx_hint = Some(s.start);
-                return Some(i);
+            s.has(LOST) && !s.has(RETRANS) && !s.has(SACKED)
+        })
+    }
+
+    /// Joins the lost, never-retransmitted records after record `i` into it while it is
+    /// shorter than `mss` (Linux `tcp_retrans_try_collapse`), so a retransmission after the
+    /// MSS fell, or of pieces a SACK split, goes in full segments.
+    pub fn coalesce(&mut self, i: usize, mss: u32) {
+        let plain = |s: &SentSeg| s.flags & (SACKED | RETRANS) == 0 && s.has(LOST);
+        while i + 1 < self.segs.len() {
+            let (a, b) = (self.segs[i], self.segs[i + 1]);
+            if a.fin
+                || a.len() >= mss
+                || !plain(&a)
+                || !plain(&b)
+                || a.has(EVER_RETRANS) != b.has(EVER_RETRANS)
+            {
+                return;
             }
+            self.segs[i].end = b.end;
+            self.segs[i].fin = b.fin;
+            self.segs.remove(i + 1);
         }
-        self.rtx_hint = None;
-        None
     }
 
     /// The first record that is not SACKed, not lost and not retransmitted and lies below the
