@@ -749,7 +749,8 @@ impl Conn {
             || self.probe_now
             || self.rst_now.is_some()
             || self.tlp_now
-            || (!self.pace_blocked && self.next_retransmit().is_some())
+            || (!self.pace_blocked
+                && (self.next_retransmit().is_some() || self.rfc6675_more().is_some()))
             || (!self.pace_blocked && self.has_sendable())
             || self.persist_unarmed()
     }
@@ -1188,6 +1189,7 @@ impl Conn {
         let ack = seg.ack;
         let prior_in_flight = self.in_flight() as u64;
         let prior_una = self.snd_una;
+        let was_in_recovery = self.in_recovery;
         let ecr = self
             .ts_enabled
             .then(|| seg.opts.timestamp.map(|t| t.ecr))
@@ -1337,7 +1339,14 @@ impl Conn {
             let rs = rs.unwrap_or_default();
             let sample = AckSample {
                 now,
-                acked_bytes: cum.saturating_sub(out.sacked_acked) + out.sacked,
+                // Linux raises cwnd only on ACKs that move SND.UNA (FLAG_DATA_ACKED in
+                // tcp_may_raise_cwnd); an ACK that only SACKs delivers without growth.
+                acked_bytes: if advanced {
+                    cum.saturating_sub(out.sacked_acked) + out.sacked
+                } else {
+                    0
+                },
+                newly_delivered: cum.saturating_sub(out.sacked_acked) + out.sacked,
                 rtt,
                 srtt: self.srtt.unwrap_or(self.rto),
                 min_rtt: self.min_rtt.unwrap_or(self.rto),
@@ -1347,8 +1356,10 @@ impl Conn {
                 delivery_rate: rs.rate,
                 app_limited: !cwnd_limited,
                 round_start,
-                // After a timeout (Loss) the window grows in slow start again, as Linux does.
-                in_recovery: self.in_recovery,
+                // The ACK that ends recovery does not grow the window either (the state at the
+                // ACK's arrival counts). After a timeout (Loss) the window grows in slow start
+                // again, as Linux does.
+                in_recovery: self.in_recovery || was_in_recovery,
                 mss: self.snd_mss,
                 sacked_bytes: out.sacked,
                 lost_bytes: newly_lost,
@@ -1609,15 +1620,19 @@ impl Conn {
         } else if dsack.is_some_and(|(_, r)| r == end || r.ge(end)) {
             // The original arrived too: the probe was not needed.
             self.tlp_high = None;
-        } else if (advanced && ack.gt(end)) || (dupack && no_blocks) {
+        } else if !advanced && dupack && no_blocks {
+            // A pure duplicate ACK at the probe's end: the original and the probe both
+            // arrived (a peer without D-SACK): no loss (Linux tcp_process_tlp_ack).
+            self.tlp_high = None;
+        } else if advanced && ack.gt(end) {
             self.tlp_high = None;
             self.info.tlp_recoveries += 1;
             let flight = self.flight_size() as u64;
             self.cc.on_congestion_event(now, flight, self.snd_mss);
             self.cc.on_recovery_end(now);
-        } else if advanced {
-            // The ACK covers exactly the probe: wait one more ACK for a D-SACK of the original.
         }
+        // An ACK of exactly the probe: the next ACK tells (a D-SACK of the original, or an ACK
+        // beyond the probe).
     }
 
     /// (Re)arms the tail loss probe (RFC 8985 §7.2): only with SACK, in the Open state, with
@@ -2463,7 +2478,10 @@ impl Conn {
 
     /// A data segment is waiting to go (a probe, a retransmission or new data).
     fn data_waiting(&self) -> bool {
-        self.tlp_now || self.next_retransmit().is_some() || self.next_data_len(false).is_some()
+        self.tlp_now
+            || self.next_retransmit().is_some()
+            || self.next_data_len(false).is_some()
+            || self.rfc6675_more().is_some()
     }
 
     /// The next data segment, in RFC 6675 NextSeg order: a tail loss probe when one is due,
@@ -2499,30 +2517,39 @@ impl Conn {
             // Out of data with room in the window: samples are app-limited for a while.
             self.rate.mark_app_limited(self.in_flight() as u64);
         }
-        if self.in_recovery && self.sack_ok && !self.cfg.recovery.rack {
-            let mss = self.snd_mss as u64;
-            let fits = |c: &Conn, i: usize| {
-                c.sb.get(i)
-                    .is_some_and(|s| c.cwnd_room() >= (s.len() as u64).min(mss).max(1))
-            };
-            //= rfc6675#section-4
-            // Rule 3: an unSACKed segment below the highest SACKed one, not yet resent.
-            if let Some(i) = self.sb.next_unsacked_below_high() {
-                if fits(self, i) {
-                    return Some(self.retransmit(now, i));
-                }
-            }
-            //= rfc6675#section-4
-            // Rule 4: once per recovery, the last unSACKed segment (rescue retransmission).
-            if !self.rescue_done {
-                let last = (0..self.sb.len())
-                    .rev()
-                    .find(|&i| self.sb.get(i).is_some_and(|s| !s.has(SACKED)));
-                if let Some(i) = last.filter(|&i| fits(self, i)) {
-                    self.rescue_done = true;
-                    return Some(self.retransmit(now, i));
-                }
-            }
+        if let Some((i, rescue)) = self.rfc6675_more() {
+            self.rescue_done |= rescue;
+            return Some(self.retransmit(now, i));
+        }
+        None
+    }
+
+    /// RFC 6675 NextSeg rules 3 and 4, used in RFC 6675 mode (RACK off) during recovery: the
+    /// record to retransmit, and whether it is the rescue retransmission.
+    fn rfc6675_more(&self) -> Option<(usize, bool)> {
+        if !(self.in_recovery && self.sack_ok && !self.cfg.recovery.rack) {
+            return None;
+        }
+        let mss = self.snd_mss as u64;
+        let fits = |i: usize| {
+            self.sb
+                .get(i)
+                .is_some_and(|s| self.cwnd_room() >= (s.len() as u64).min(mss).max(1))
+        };
+        //= rfc6675#section-4
+        // Rule 3: an unSACKed segment below the highest SACKed one, not yet resent.
+        if let Some(i) = self.sb.next_unsacked_below_high() {
+            return fits(i).then_some((i, false));
+        }
+        //= rfc6675#section-4
+        // Rule 4: once per recovery, the last unSACKed segment (rescue retransmission).
+        if !self.rescue_done {
+            let last = (0..self.sb.len()).rev().find(|&i| {
+                self.sb
+                    .get(i)
+                    .is_some_and(|s| !s.has(SACKED) && !s.has(RETRANS))
+            });
+            return last.filter(|&i| fits(i)).map(|i| (i, true));
         }
         None
     }
@@ -2648,7 +2675,9 @@ impl Conn {
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rto);
         }
-        if fresh && self.tlp_at.is_none() {
+        if fresh {
+            //= rfc8985#section-7.2
+            // New data re-arms the probe timer (from the last transmission).
             self.arm_tlp(now);
         }
         let flight = self.in_flight();

@@ -82,7 +82,9 @@ pub const MAX_WINDOW: u64 = 1 << 40;
 pub struct AckSample {
     /// When the ACK was processed.
     pub now: Instant,
-    /// Newly acknowledged by this ACK (cumulative plus newly SACKed).
+    /// Newly acknowledged by this ACK (cumulative plus newly SACKed) when the ACK moved
+    /// SND.UNA; 0 on an ACK that only SACKs (Linux grows a loss-based window only on ACKs that
+    /// acknowledge new data). `newly_delivered` counts every ACK.
     pub acked_bytes: u64,
     /// RTT sample from this ACK (timestamps or Karn-safe timing), if any.
     pub rtt: Option<Duration>,
@@ -106,7 +108,10 @@ pub struct AckSample {
     pub in_recovery: bool,
     /// The sender's MSS, bytes.
     pub mss: u32,
-    /// Bytes newly SACKed by this ACK (included in `acked_bytes`).
+    /// Bytes this ACK delivered: newly cumulatively acknowledged (not SACKed before) plus
+    /// newly SACKed, whether or not SND.UNA moved.
+    pub newly_delivered: u64,
+    /// Bytes newly SACKed by this ACK (included in `newly_delivered`).
     pub sacked_bytes: u64,
     /// Bytes newly marked lost while processing this ACK (RACK, DupThresh).
     pub lost_bytes: u64,
