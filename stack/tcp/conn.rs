@@ -2162,11 +2162,8 @@ impl Conn {
 
     fn fin_pending(&self) -> bool {
         self.fin_queued
-            && match self.fin_seq {
-                None => true,
-                // Sent already: the scoreboard resends it when it is lost.
-                Some(_) => false,
-            }
+            // Once sent, the scoreboard resends the FIN when it is lost.
+            && self.fin_seq.is_none()
     }
 
     fn can_send_data(&self) -> bool {

@@ -25,3 +25,6 @@ pub use self::prr::Prr;
 pub use self::rack::Rack;
 pub use self::rate::{RateSample, RateSampler, TxSnapshot};
 pub use self::scoreboard::{AckOutcome, Scoreboard, SentSeg};
+
+#[cfg(test)]
+mod sim_tests;
