@@ -82,6 +82,7 @@ pub struct Config {
     pub(crate) mss_clamp: Option<u16>,
     pub(crate) slow_start_after_idle: bool,
     pub(crate) keepalive: Option<Duration>,
+    pub(crate) recovery: crate::stack::tcp::config::Recovery,
 }
 
 impl Default for Config {
@@ -108,6 +109,7 @@ impl Default for Config {
             mss_clamp: None,
             slow_start_after_idle: false,
             keepalive: None,
+            recovery: Default::default(),
         }
     }
 }
@@ -254,6 +256,13 @@ impl Config {
         }
         self.mss_clamp = Some(mss);
         Ok(self)
+    }
+
+    /// Loss recovery and pacing switches for new connections (RACK, TLP, F-RTO on; pacing of
+    /// loss-based congestion control off).
+    pub fn recovery(&mut self, r: crate::stack::tcp::config::Recovery) -> &mut Self {
+        self.recovery = r;
+        self
     }
 
     /// Restart from the initial window after an idle period (RFC 5681 §4.1; off by default).

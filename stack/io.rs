@@ -165,6 +165,7 @@ impl ConnDefaults {
             user_timeout: c.user_timeout,
             cc: c.cc,
             slow_start_after_idle: c.slow_start_after_idle,
+            recovery: c.recovery,
             ..TcpConfig::default()
         };
         ConnDefaults {

@@ -90,6 +90,36 @@ fn paws() {
     feature("paws");
 }
 
+#[test]
+fn sack_recovery() {
+    feature("sack");
+}
+
+#[test]
+fn prr() {
+    feature("prr");
+}
+
+#[test]
+fn rack() {
+    feature("rack");
+}
+
+#[test]
+fn tail_loss_probe() {
+    feature("tlp");
+}
+
+#[test]
+fn spurious_undo() {
+    feature("undo");
+}
+
+#[test]
+fn pacing() {
+    feature("pacing");
+}
+
 /// Every feature directory has a test above.
 #[test]
 fn every_directory_is_run() {
@@ -106,6 +136,12 @@ fn every_directory_is_run() {
         "icmp",
         "paws",
         "timers",
+        "sack",
+        "prr",
+        "rack",
+        "tlp",
+        "undo",
+        "pacing",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
     for e in std::fs::read_dir(&root).unwrap() {

@@ -26,6 +26,33 @@ impl Default for Keepalive {
     }
 }
 
+/// Loss recovery and pacing switches (all per connection; the defaults are Linux's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// RACK time-based loss detection (RFC 8985); off: RFC 6675 DupThresh with NextSeg rules
+    /// 3 and 4 (Linux `tcp_recovery` bit 0).
+    pub rack: bool,
+    /// Tail loss probes (RFC 8985 §7; Linux `tcp_early_retrans=3`). Only with SACK.
+    pub tlp: bool,
+    /// F-RTO after a retransmission timeout (RFC 5682, SACK-enhanced; Linux `tcp_frto=2`).
+    pub frto: bool,
+    /// Pace loss-based congestion control (CUBIC, NewReno) at 2·cwnd/SRTT in slow start and
+    /// 1.2·cwnd/SRTT after, as Linux does under fq. An algorithm with its own pacing rate is
+    /// always paced.
+    pub pacing: bool,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            rack: true,
+            tlp: true,
+            frto: true,
+            pacing: false,
+        }
+    }
+}
+
 /// Settings of one connection.
 #[derive(Clone, Debug)]
 pub struct TcpConfig {
@@ -61,6 +88,7 @@ pub struct TcpConfig {
     pub syn_retries: u32,
     /// SYN-ACK retransmissions before a half-open connection is dropped (`tcp_synack_retries`).
     pub synack_retries: u32,
+    pub recovery: Recovery,
 }
 
 impl Default for TcpConfig {
@@ -88,6 +116,7 @@ impl Default for TcpConfig {
             window_scaling: true,
             syn_retries: 6,
             synack_retries: 5,
+            recovery: Recovery::default(),
         }
     }
 }

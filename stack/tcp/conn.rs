@@ -60,6 +60,9 @@
 
 use super::cc::{AckSample, CongestionControl};
 use super::config::TcpConfig;
+use super::recovery::rack::DUP_THRESH;
+use super::recovery::scoreboard::{EVER_RETRANS, RETRANS, SACKED};
+use super::recovery::{Pacer, Prr, Rack, RateSample, RateSampler, Scoreboard};
 use super::rx_buf::RecvBuffer;
 use super::segment::{Flags, Options, SackBlocks, Segment, Timestamp};
 use super::seq::Seq;
@@ -176,6 +179,32 @@ pub struct TcpInfo {
     pub cwnd_limited_us: u64,
     pub rwnd_limited_us: u64,
     pub app_limited_us: u64,
+    /// Scoreboard right now: bytes SACKed, marked lost, and retransmitted still in flight.
+    pub sacked_bytes: u64,
+    pub lost_bytes: u64,
+    pub retrans_out_bytes: u64,
+    /// Segments marked lost by RACK (RFC 8985), by duplicate ACKs (DupThresh / NewReno) and by
+    /// retransmission timeouts.
+    pub lost_rack: u64,
+    pub lost_dupack: u64,
+    pub lost_rto: u64,
+    /// Fast-recovery episodes entered.
+    pub recoveries: u64,
+    /// Tail loss probes sent, and those that repaired a loss (the probe was needed).
+    pub tlp_probes: u64,
+    pub tlp_recoveries: u64,
+    pub dsacks_in: u64,
+    /// Congestion responses undone as spurious (D-SACK, timestamps/Eifel, F-RTO), and how many
+    /// of those were retransmission timeouts.
+    pub spurious_undos: u64,
+    pub spurious_rtos: u64,
+    /// Reordering seen (RACK) and the reordering window multiplier.
+    pub reord_seen: bool,
+    pub reo_wnd_mult: u32,
+    /// Bytes delivered (acknowledged or SACKed) in total.
+    pub delivered_bytes: u64,
+    /// The pacing rate in use, bytes per second (0: not paced).
+    pub pacing_rate_bps: u64,
 }
 
 /// What limited the sender when it last stopped (for the `*_limited_us` counters).
@@ -277,18 +306,39 @@ pub struct Conn {
     synack_now: bool,
     syn_now: bool,
 
-    // ---- loss recovery (NewReno, RFC 6582) and congestion control
+    // ---- loss recovery (RFC 6675 with SACK, RFC 6582 without) and congestion control
     cc: Box<dyn CongestionControl>,
+    /// Duplicate ACKs in a row (RFC 5681 definition; what a peer without SACK tells us).
     dupacks: u32,
+    /// Fast recovery (Linux's Recovery state), until SND.UNA reaches `recover`.
     in_recovery: bool,
     recover: Seq,
-    /// A single segment to retransmit before anything else (fast retransmit / partial ACK).
-    rtx_at: Option<Seq>,
-    delivered: u64,
+    /// After a retransmission timeout, until SND.UNA passes this (Linux's Loss state).
+    loss_high: Option<Seq>,
+    /// What is in flight, segment by segment.
+    sb: Scoreboard,
+    rack: Rack,
+    /// RACK reorder timer (RFC 8985 §6.3).
+    rack_at: Option<Instant>,
+    prr: Prr,
+    /// The window during fast recovery: what PRR allowed at the last ACK on top of the flight.
+    recovery_cwnd: u64,
+    /// RFC 6675 rescue retransmission done for this recovery (NextSeg rule 4).
+    rescue_done: bool,
+    rate: RateSampler,
+    last_rate: Option<u64>,
+    /// Tail loss probe deadline, a probe due now, and the probe outstanding (its end and
+    /// whether it was a retransmission).
+    tlp_at: Option<Instant>,
+    tlp_now: bool,
+    tlp_high: Option<(Seq, bool)>,
+    undo: Undo,
+    frto: Option<Frto>,
+    pacer: Pacer,
+    /// A data segment waits for its departure time (`pacer`).
+    pace_blocked: bool,
     round_end: Seq,
     /// When the current round began and `delivered` then (for the delivery rate).
-    round_started_at: Instant,
-    round_start_delivered: u64,
     /// Largest flight this round and the last, for Linux's "cwnd-limited" test.
     max_flight_round: u32,
     max_flight_prev: u32,
@@ -301,6 +351,41 @@ pub struct Conn {
     limit_since: Instant,
     info: TcpInfo,
 }
+
+/// What it takes to undo a congestion response found spurious (Linux's `undo_marker`,
+/// `undo_retrans`, `retrans_stamp`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Undo {
+    /// SND.UNA when the episode began; `None` once undone or when there is nothing to undo.
+    marker: Option<Seq>,
+    /// Retransmissions of the episode that no D-SACK has yet shown unnecessary.
+    retrans: u32,
+    /// TSval of the episode's first retransmission.
+    stamp: Option<u32>,
+    /// The episode was a retransmission timeout.
+    rto: bool,
+}
+
+/// F-RTO (RFC 5682 §3, SACK-enhanced, as Linux does it) after a retransmission timeout.
+#[derive(Clone, Copy, Debug)]
+struct Frto {
+    /// SND.MAX when the timeout fired (step 1), or after new data went out (step 2b).
+    high: Seq,
+    /// Step 2b: the first ACK advanced the window; send new data rather than retransmit.
+    new_data: bool,
+}
+
+/// What a data segment carries.
+#[derive(Clone, Copy, Debug)]
+enum Payload {
+    /// New data from SND.NXT: length, and whether the FIN follows it.
+    New(u32, bool),
+    /// A retransmission of at most this many data bytes of the record at the sequence number.
+    Rtx(u32),
+}
+
+/// Linux's worst-case delayed-ACK time for a one-segment flight in the PTO (RFC 8985 §7.2).
+const WC_DEL_ACK: Duration = Duration::from_millis(200);
 
 /// Modular "a ≤ b" on 32-bit timestamps.
 fn ts_le(a: u32, b: u32) -> bool {
@@ -397,11 +482,23 @@ impl Conn {
             dupacks: 0,
             in_recovery: false,
             recover: iss,
-            rtx_at: None,
-            delivered: 0,
+            loss_high: None,
+            sb: Scoreboard::default(),
+            rack: Rack::default(),
+            rack_at: None,
+            prr: Prr::default(),
+            recovery_cwnd: 0,
+            rescue_done: false,
+            rate: RateSampler::default(),
+            last_rate: None,
+            tlp_at: None,
+            tlp_now: false,
+            tlp_high: None,
+            undo: Undo::default(),
+            frto: None,
+            pacer: Pacer::default(),
+            pace_blocked: false,
             round_end: iss,
-            round_started_at: now,
-            round_start_delivered: 0,
             max_flight_round: 0,
             max_flight_prev: 0,
             drs_start: now,
@@ -576,7 +673,7 @@ impl Conn {
 
     /// Memory the buffers hold right now.
     pub fn buffer_memory(&self) -> usize {
-        self.rcvbuf.capacity_bytes() + self.sndbuf.capacity_bytes()
+        self.rcvbuf.capacity_bytes() + self.sndbuf.capacity_bytes() + self.sb.capacity_bytes()
     }
 
     /// RCV.NXT (for the engine's TIME-WAIT reuse check).
@@ -638,6 +735,13 @@ impl Conn {
         i.rcv_wscale = self.rcv_wscale;
         i.timestamps = self.ts_enabled;
         i.sack = self.sack_ok;
+        i.sacked_bytes = self.sb.sacked_bytes();
+        i.lost_bytes = self.sb.lost_bytes();
+        i.retrans_out_bytes = self.sb.retrans_bytes();
+        i.reord_seen = self.rack.reord_seen;
+        i.reo_wnd_mult = self.rack.reo_wnd_mult();
+        i.delivered_bytes = self.rate.delivered;
+        i.pacing_rate_bps = self.pacing_rate().unwrap_or(0);
         let open = now.saturating_since(self.limit_since).as_micros() as u64;
         match self.limit {
             Limit::Cwnd => i.cwnd_limited_us += open,
@@ -658,6 +762,9 @@ impl Conn {
             self.close_at,
             self.cork_at,
             self.shrink_at,
+            self.rack_at,
+            self.tlp_at,
+            self.pace_blocked.then(|| self.pacer.next_departure()),
         ]
         .into_iter()
         .flatten()
@@ -671,8 +778,10 @@ impl Conn {
             || self.synack_now
             || self.probe_now
             || self.rst_now.is_some()
-            || self.rtx_at.is_some()
-            || self.has_sendable()
+            || self.tlp_now
+            || (!self.pace_blocked
+                && (self.next_retransmit().is_some() || self.rfc6675_more().is_some()))
+            || (!self.pace_blocked && self.has_sendable())
             // Data written into a window it cannot use: poll_transmit arms the persist timer.
             || (self.persist_at.is_none() && self.window_stalled())
     }
@@ -785,9 +894,23 @@ impl Conn {
         if (mss as u16) < self.peer_mss {
             self.peer_mss = mss as u16;
             self.update_mss();
-            // Resend what is in flight in the smaller size (Linux's tcp_simple_retransmit).
-            self.snd_nxt = self.snd_una;
+            // Resend what is in flight in the smaller size (Linux's tcp_simple_retransmit):
+            // larger segments are lost, with no congestion response (Loss state without a
+            // window cut).
             self.rtt_timed = None;
+            let mut any = false;
+            for i in 0..self.sb.len() {
+                let s = *self.sb.get(i).expect("index");
+                if s.len() - s.fin as u32 > self.snd_mss {
+                    any |= self.sb.mark_lost(i) > 0;
+                }
+            }
+            if any && self.loss_high.is_none() {
+                self.loss_high = Some(self.snd_max);
+                self.in_recovery = false;
+                self.undo = Undo::default();
+                self.frto = None;
+            }
         }
         true
     }
@@ -1041,19 +1164,27 @@ impl Conn {
         if !seg.opts.sack.is_empty() {
             self.info.sacks_in += 1;
         }
-        if ack.gt(self.snd_una) {
-            self.on_new_ack(now, seg);
-        } else if ack == self.snd_una
+        let advanced = ack.gt(self.snd_una);
+        //= rfc5681#section-2
+        // A duplicate ACK: same ACK, no data, same window, data outstanding.
+        let dupack = ack == self.snd_una
             && seg.len == 0
             && !seg.flags.syn
             && !seg.flags.fin
             && window == self.snd_wnd
-            && self.snd_max.gt(self.snd_una)
-        {
-            //= rfc5681#section-2
-            // A duplicate ACK: same ACK, no data, same window, data outstanding.
+            && self.snd_max.gt(self.snd_una);
+        if dupack {
             self.info.dupacks_in += 1;
-            self.on_dupack(now);
+        }
+        let sack_news = self.sack_ok
+            && !seg.opts.sack.is_empty()
+            && ack == self.snd_una
+            && self.state.synchronized();
+        if advanced || dupack || sack_news {
+            self.on_ack(now, seg, advanced, dupack);
+            if self.state == State::Closed {
+                return;
+            }
         }
         //= rfc9293#section-3.10.7.4
         // Window update only from a segment newer than the last one that updated it.
@@ -1071,111 +1202,202 @@ impl Conn {
         self.update_persist(now);
     }
 
-    fn on_new_ack(&mut self, now: Instant, seg: &Segment) {
+    /// One ACK that acknowledged data, or told us something with SACK or by being a duplicate:
+    /// the scoreboard, RTT, loss detection, the recovery state and congestion control, in
+    /// Linux's order (`tcp_ack`: sacktag, clean the queue, RTT, `tcp_fastretrans_alert`,
+    /// `cong_control`).
+    fn on_ack(&mut self, now: Instant, seg: &Segment, advanced: bool, dupack: bool) {
         let ack = seg.ack;
         let prior_in_flight = self.in_flight() as u64;
-        let acked = ack - self.snd_una;
-        let syn_acked = self.snd_una == self.iss && ack.gt(self.iss);
-        let fin_acked = self.fin_seq.is_some_and(|f| ack.gt(f));
-        let data_acked = acked as usize - syn_acked as usize - fin_acked as usize;
-        self.sndbuf.ack(data_acked.min(self.sndbuf.len()));
-        self.snd_una = ack;
-        if self.snd_nxt.lt(ack) {
-            self.snd_nxt = ack;
-        }
-        self.info.bytes_acked += data_acked as u64;
-        self.delivered += acked as u64;
+        let prior_una = self.snd_una;
+        let was_in_recovery = self.in_recovery;
+        let ecr = self
+            .ts_enabled
+            .then(|| seg.opts.timestamp.map(|t| t.ecr))
+            .flatten()
+            .filter(|&e| e != 0);
 
-        // RTT: the timed segment (Karn: cleared on retransmission) or the timestamp echo.
+        // ---- the scoreboard (cumulative part and SACK blocks)
+        let blocks: &[(Seq, Seq)] = if self.sack_ok {
+            seg.opts.sack.as_slice()
+        } else {
+            &[]
+        };
+        let min_rtt = self.min_rtt.unwrap_or(Duration::ZERO);
+        let ts_offset = self.ts_offset;
+        let tsval_of = |at: Instant| (at.as_millis() as u32).wrapping_add(ts_offset);
+        let (rack, rate) = (&mut self.rack, &mut self.rate);
+        let high_seq = self.frto.map(|f| f.high);
+        let out = self.sb.on_ack(ack, blocks, self.snd_max, high_seq, |s| {
+            //= rfc8985#section-6.2
+            // Step 2: the RTT of a retransmitted segment is only trusted when it cannot be the
+            // ACK of the original (longer than min RTT, and the echo is not older).
+            let retx = s.has(EVER_RETRANS);
+            let rtt_ok = !retx
+                || (now.saturating_since(s.sent_at) >= min_rtt
+                    && ecr.is_none_or(|e| ts_le(tsval_of(s.sent_at), e)));
+            rack.on_delivered(s.sent_at, s.start, s.end, s.flags, now, rtt_ok);
+            rate.on_delivered(now, s.len() as u64, s.sent_at, s.end.0, retx, &s.tx);
+        });
+        debug_assert!(self.sb.check());
+
+        // ---- the cumulative ACK
         let mut rtt = None;
-        if let Some((end, sent)) = self.rtt_timed {
-            if ack.ge(end) {
-                rtt = Some(now.saturating_since(sent));
-                self.rtt_timed = None;
+        let mut round_start = false;
+        let mut syn_acked = false;
+        let mut fin_acked = false;
+        if advanced {
+            let acked = ack - self.snd_una;
+            syn_acked = self.snd_una == self.iss && ack.gt(self.iss);
+            fin_acked = self.fin_seq.is_some_and(|f| ack.gt(f));
+            let data_acked = acked as usize - syn_acked as usize - fin_acked as usize;
+            self.sndbuf.ack(data_acked.min(self.sndbuf.len()));
+            self.snd_una = ack;
+            if self.snd_nxt.lt(ack) {
+                self.snd_nxt = ack;
+            }
+            self.info.bytes_acked += data_acked as u64;
+
+            // RTT: the timed segment (Karn: cleared on retransmission) or the timestamp echo.
+            if let Some((end, sent)) = self.rtt_timed {
+                if ack.ge(end) {
+                    rtt = Some(now.saturating_since(sent));
+                    self.rtt_timed = None;
+                }
+            }
+            if rtt.is_none() {
+                if let Some(e) = ecr {
+                    let ms = self.tsval(now).wrapping_sub(e);
+                    // The echo only counts whole milliseconds: a 0 or 1 ms sample says "under
+                    // 2 ms", which the timed segment measures in microseconds.
+                    if (2..60_000).contains(&ms) {
+                        rtt = Some(Duration::from_millis(ms as u64));
+                    }
+                }
+            }
+            if let Some(r) = rtt {
+                self.rtt_sample(r);
+                //= rfc6298#section-3
+                // Karn: a backed-off RTO stays until there is a sample from a segment that was
+                // not retransmitted (or a timestamp echo), as Linux's tcp_ack_update_rtt does.
+                self.update_rto();
+            } else if syn_acked && self.srtt.is_none() && self.info.rto_count > 0 {
+                //= rfc6298#section-5
+                // (5.7) The SYN or SYN-ACK timed out and gave no sample: data starts with
+                // RTO >= 3 s.
+                self.rto = self.rto.max(Duration::from_secs(3)).min(self.cfg.rto_max);
+            }
+            self.backoff = 0;
+            self.stalled_since = None;
+            round_start = ack.ge(self.round_end);
+            if round_start {
+                self.round_end = self.snd_max;
+                self.max_flight_prev = self.max_flight_round;
+                self.max_flight_round = self.in_flight();
             }
         }
-        if rtt.is_none() && self.ts_enabled {
-            if let Some(ts) = seg.opts.timestamp {
-                let ms = self.tsval(now).wrapping_sub(ts.ecr);
-                // The echo only counts whole milliseconds: a 0 or 1 ms sample says "under 2 ms",
-                // which the timed segment measures in microseconds (taking 0 as 1 µs dragged
-                // SRTT and min RTT towards zero on short paths).
-                if ts.ecr != 0 && (2..60_000).contains(&ms) {
-                    rtt = Some(Duration::from_millis(ms as u64));
+
+        // ---- D-SACK: a retransmission was not needed
+        if let Some((l, r)) = out.dsack {
+            self.info.dsacks_in += 1;
+            self.rack.on_dsack(ack, self.snd_max);
+            //= rfc3708#section-3
+            // Each D-SACKed retransmission of the episode is one fewer that may have been
+            // needed; when none is left, the congestion response was spurious.
+            if let Some(m) = self.undo.marker {
+                if r.gt(m) && self.undo.retrans > 0 {
+                    let segs = (r - l).div_ceil(self.snd_mss.max(1)).max(1);
+                    self.undo.retrans = self.undo.retrans.saturating_sub(segs);
                 }
             }
         }
-        if let Some(r) = rtt {
-            self.rtt_sample(r);
-            //= rfc6298#section-3
-            // Karn: a backed-off RTO stays until there is a sample from a segment that was not
-            // retransmitted (or a timestamp echo), as Linux's tcp_ack_update_rtt does.
-            self.update_rto();
-        } else if syn_acked && self.srtt.is_none() && self.info.rto_count > 0 {
-            //= rfc6298#section-5
-            // (5.7) The SYN or SYN-ACK timed out and gave no sample: data starts with RTO >= 3 s.
-            self.rto = self.rto.max(Duration::from_secs(3)).min(self.cfg.rto_max);
-        }
-        self.backoff = 0;
-        self.stalled_since = None;
 
-        let round_start = ack.ge(self.round_end);
-        if round_start {
-            let round_time = now.saturating_since(self.round_started_at);
-            if !round_time.is_zero() {
-                let bits = (self.delivered - self.round_start_delivered) as u128 * 8;
-                self.info.delivery_rate_bps =
-                    (bits * 1_000_000_000 / round_time.as_nanos()).min(u64::MAX as u128) as u64;
-            }
-            self.round_started_at = now;
-            self.round_start_delivered = self.delivered;
-            self.round_end = self.snd_max;
-            self.max_flight_prev = self.max_flight_round;
-            self.max_flight_round = self.in_flight();
-        }
-        // Like Linux's tcp_is_cwnd_limited: the window only grows when the sender used it (half
-        // of it in slow start, nearly all of it after).
-        let cwnd = self.cc.window();
-        let used = self.max_flight_round.max(self.max_flight_prev) as u64;
-        let cwnd_limited = if self.cc.in_slow_start() {
-            used * 2 >= cwnd
-        } else {
-            used + 3 * self.snd_mss as u64 >= cwnd
-        };
-        let in_recovery = self.in_recovery;
+        // ---- loss detection
+        let newly_lost = self.detect_losses(now, advanced, dupack, blocks.is_empty());
+
+        // ---- the recovery state
+        self.update_recovery_state(now, seg, &out, advanced, dupack, ecr, prior_una);
+
+        // ---- PRR: what this ACK lets go during fast recovery
+        let delivered_data = out.acked + out.sacked;
         if self.in_recovery {
-            if ack.ge(self.recover) {
-                //= rfc6582#section-3.2
-                // Full acknowledgment: recovery ends.
-                self.in_recovery = false;
-                self.dupacks = 0;
-                self.cc.on_recovery_end(now);
+            //= rfc6937#section-3
+            // Without SACK, each duplicate ACK stands for one delivered segment.
+            let dd = if dupack && out.sacked == 0 && delivered_data == 0 {
+                self.snd_mss as u64
             } else {
-                // Partial acknowledgment: retransmit the next hole at once.
-                self.rtx_at = Some(self.snd_una);
-                self.dupacks = 0;
-            }
-        } else {
-            self.dupacks = 0;
+                delivered_data
+            };
+            let pipe = self.in_flight() as u64;
+            let sndcnt = self
+                .prr
+                .on_ack(dd, pipe, self.cc.ssthresh(), self.snd_mss as u64);
+            self.recovery_cwnd = pipe + sndcnt;
         }
-        let sample = AckSample {
-            now,
-            acked_bytes: acked as u64,
-            rtt,
-            srtt: self.srtt.unwrap_or(self.rto),
-            min_rtt: self.min_rtt.unwrap_or(self.rto),
-            prior_in_flight,
-            in_flight: self.in_flight() as u64,
-            delivered: self.delivered,
-            delivery_rate: None,
-            app_limited: !cwnd_limited,
-            round_start,
-            in_recovery,
-            mss: self.snd_mss,
-            lost_bytes: 0,
-        };
-        self.cc.on_ack(&sample);
-        self.grow_send_buffer();
+
+        // ---- TLP: did the probe repair a loss?
+        self.tlp_on_ack(now, ack, advanced, dupack, out.dsack, blocks.is_empty());
+
+        // ---- congestion control
+        let rs: Option<RateSample> = self.rate.take_sample(min_rtt);
+        if let Some(r) = rs.and_then(|r| r.rate) {
+            self.last_rate = Some(r);
+            self.info.delivery_rate_bps = r;
+        }
+        if advanced || out.sacked > 0 {
+            // Like Linux's tcp_is_cwnd_limited: the window only grows when the sender used it
+            // (half of it in slow start, nearly all of it after).
+            let cwnd = self.cc.window();
+            let used = self.max_flight_round.max(self.max_flight_prev) as u64;
+            let cwnd_limited = if self.cc.in_slow_start() {
+                used * 2 >= cwnd
+            } else {
+                used + 3 * self.snd_mss as u64 >= cwnd
+            };
+            let cum = if advanced {
+                (ack - prior_una) as u64
+            } else {
+                0
+            };
+            let rs = rs.unwrap_or_default();
+            let sample = AckSample {
+                now,
+                // Linux raises cwnd only on ACKs that move SND.UNA (FLAG_DATA_ACKED in
+                // tcp_may_raise_cwnd); an ACK that only SACKs delivers without growth.
+                acked_bytes: if advanced {
+                    cum.saturating_sub(out.sacked_acked) + out.sacked
+                } else {
+                    0
+                },
+                newly_delivered: cum.saturating_sub(out.sacked_acked) + out.sacked,
+                rtt,
+                srtt: self.srtt.unwrap_or(self.rto),
+                min_rtt: self.min_rtt.unwrap_or(self.rto),
+                prior_in_flight,
+                in_flight: self.in_flight() as u64,
+                delivered: self.rate.delivered,
+                delivery_rate: rs.rate,
+                app_limited: !cwnd_limited,
+                round_start,
+                // The ACK that ends recovery does not grow the window either (the state at the
+                // ACK's arrival counts). After a timeout (Loss) the window grows in slow start
+                // again, as Linux does.
+                in_recovery: self.in_recovery || was_in_recovery,
+                mss: self.snd_mss,
+                sacked_bytes: out.sacked,
+                lost_bytes: newly_lost,
+                lost_total: self.rate.lost,
+                is_app_limited: rs.is_app_limited,
+                rate_delivered: rs.delivered,
+                rate_interval: rs.interval,
+                prior_delivered: rs.prior_delivered,
+                tx_in_flight: rs.tx_in_flight,
+                rate_lost: rs.lost,
+                rate_is_retrans: rs.is_retrans,
+            };
+            self.cc.on_ack(&sample);
+            self.grow_send_buffer();
+        }
 
         if fin_acked {
             match self.state {
@@ -1193,30 +1415,307 @@ impl Conn {
                 _ => {}
             }
         }
-        self.rto_at = if self.snd_una == self.snd_max {
-            None
+        let _ = syn_acked;
+        if advanced {
+            //= rfc6298#section-5
+            // (5.2) all acknowledged: stop the timer; (5.3) new data acknowledged: restart it.
+            self.rto_at = if self.snd_una == self.snd_max {
+                None
+            } else {
+                Some(now + self.rto)
+            };
+        }
+        if self.snd_una == self.snd_max {
+            self.rack_at = None;
+        }
+        self.arm_tlp(now);
+    }
+
+    /// Marks what this ACK shows lost: RACK (the default, with SACK), RFC 6675's DupThresh
+    /// (SACK without RACK), or three duplicate ACKs and NewReno partial ACKs (no SACK
+    /// information). Returns the bytes newly marked lost.
+    fn detect_losses(
+        &mut self,
+        now: Instant,
+        advanced: bool,
+        dupack: bool,
+        no_blocks: bool,
+    ) -> u64 {
+        let mss = self.snd_mss.max(1) as u64;
+        let mut lost = 0;
+        if advanced {
+            self.dupacks = 0;
+        } else if dupack {
+            self.dupacks += 1;
+        }
+        if self.sb.is_empty() {
+            self.rack_at = None;
+            return 0;
+        }
+        let sack_info = self.sack_ok && (self.sb.sacked_bytes() > 0 || !no_blocks);
+        if sack_info && self.cfg.recovery.rack {
+            let srtt = self.srtt.unwrap_or(self.rto);
+            let reo = self.rack.reo_wnd(
+                self.in_recovery || self.loss_high.is_some(),
+                self.sb.sacked_bytes() / mss,
+                self.min_rtt.unwrap_or(srtt),
+                srtt,
+            );
+            let (b, n, timer) = self.rack.detect_loss(&mut self.sb, now, reo);
+            self.info.lost_rack += n;
+            self.rack_at = timer;
+            lost += b;
+        } else if sack_info {
+            //= rfc6675#section-4
+            // IsLost: more than (DupThresh - 1) * SMSS bytes SACKed above a segment.
+            let limit = (DUP_THRESH - 1) * mss;
+            let mut above = 0u64;
+            for i in (0..self.sb.len()).rev() {
+                let s = *self.sb.get(i).expect("index");
+                if s.has(SACKED) {
+                    above += s.len() as u64;
+                } else if above > limit && !s.has(RETRANS) {
+                    let b = self.sb.mark_lost(i);
+                    if b > 0 {
+                        self.info.lost_dupack += 1;
+                        lost += b;
+                    }
+                }
+            }
         } else {
-            Some(now + self.rto)
-        };
-        if self.snd_una == self.snd_max && self.unsent() == 0 {
-            // Everything is acknowledged and nothing waits: from here the app is the limit (else
-            // an idle connection would count as busy until it next tries to send).
-            self.set_limit(now, Limit::App);
+            //= rfc6582#section-3.2
+            // Three duplicates start fast retransmit, unless they belong to data sent before
+            // the last recovery or timeout (SND.UNA not above `recover`); a partial ACK in
+            // recovery retransmits the next segment at once.
+            let third = self.dupacks == DUP_THRESH as u32
+                && !self.in_recovery
+                && self.loss_high.is_none()
+                && self.snd_una.ge(self.recover);
+            let partial = advanced && self.in_recovery && self.snd_una.lt(self.recover);
+            if third || partial {
+                let head = *self.sb.get(0).expect("not empty");
+                if !head.has(RETRANS) || third {
+                    let b = self.sb.mark_lost(0);
+                    if b > 0 {
+                        self.info.lost_dupack += 1;
+                        lost += b;
+                    }
+                }
+            }
+        }
+        self.rate.on_lost(lost);
+        lost
+    }
+
+    /// Moves between Open, Recovery and Loss (after a timeout), and undoes a congestion
+    /// response that proved spurious.
+    #[allow(clippy::too_many_arguments)]
+    fn update_recovery_state(
+        &mut self,
+        now: Instant,
+        seg: &Segment,
+        out: &super::recovery::AckOutcome,
+        advanced: bool,
+        dupack: bool,
+        ecr: Option<u32>,
+        prior_una: Seq,
+    ) {
+        let _ = seg;
+        // F-RTO (RFC 5682 §3.1, SACK-enhanced as Linux's tcp_process_loss).
+        if let Some(f) = self.frto {
+            if out.orig_delivered > 0 {
+                // Step 3.b: data never retransmitted was delivered: the timeout was spurious.
+                self.undo_congestion(true);
+                return;
+            }
+            if self.snd_max.gt(f.high) {
+                // Step 3.a: after new data went out, a SACK or duplicate ACK means real loss.
+                if out.sacked > 0 || dupack {
+                    self.frto = None;
+                }
+            } else if advanced && self.loss_high.is_some() {
+                // Step 2.b: the retransmission was acknowledged: try new data next.
+                let room = self.snd_una + self.snd_wnd;
+                if self.unsent() > 0 && room.gt(self.snd_nxt) {
+                    self.frto = Some(Frto {
+                        high: self.snd_max,
+                        new_data: true,
+                    });
+                } else {
+                    self.frto = None;
+                }
+            }
+        }
+        // Eifel (RFC 3522) and D-SACK (RFC 3708) detection, Linux's tcp_may_undo: every
+        // retransmission D-SACKed, or the ACK echoes a timestamp older than the first
+        // retransmission (it was sent for the original).
+        if let Some(m) = self.undo.marker {
+            let dsacked_all = self.undo.stamp.is_some() && self.undo.retrans == 0;
+            let eifel = advanced
+                && self.snd_una.gt(m)
+                && self
+                    .undo
+                    .stamp
+                    .zip(ecr)
+                    .is_some_and(|(st, e)| !ts_le(st, e));
+            if dsacked_all || eifel {
+                self.undo_congestion(false);
+                return;
+            }
+        }
+        // Loss state ends when everything outstanding at the timeout is acknowledged.
+        if let Some(h) = self.loss_high {
+            if self.snd_una.ge(h) {
+                self.loss_high = None;
+                self.frto = None;
+            }
+        }
+        if self.in_recovery && self.snd_una.ge(self.recover) {
+            //= rfc6675#section-5
+            // Recovery ends when the cumulative ACK covers RecoveryPoint.
+            self.in_recovery = false;
+            self.dupacks = 0;
+            self.cc.on_recovery_end(now);
+            self.rack.on_recovery_end();
+        }
+        let _ = prior_una;
+        if !self.in_recovery && self.loss_high.is_none() && self.sb.lost_bytes() > 0 {
+            self.enter_recovery(now);
         }
     }
 
-    fn on_dupack(&mut self, now: Instant) {
-        self.dupacks += 1;
-        //= rfc6582#section-3.2
-        // Three duplicates start fast retransmit, unless they belong to data sent before the last
-        // recovery (SND.UNA not above `recover`).
-        if self.dupacks == 3 && !self.in_recovery && self.snd_una.ge(self.recover) {
-            self.in_recovery = true;
-            self.recover = self.snd_max;
-            self.cc
-                .on_congestion_event(now, self.flight_size() as u64, self.snd_mss);
-            self.rtx_at = Some(self.snd_una);
-            self.info.fast_retransmits += 1;
+    /// A loss was detected in the Open state: fast recovery starts (RFC 6675 §5 step 4).
+    fn enter_recovery(&mut self, now: Instant) {
+        self.in_recovery = true;
+        self.recover = self.snd_max;
+        self.rescue_done = false;
+        let flight = self.flight_size() as u64;
+        self.cc.on_congestion_event(now, flight, self.snd_mss);
+        self.prr = Prr::start(flight);
+        self.recovery_cwnd = self.in_flight() as u64 + self.snd_mss as u64;
+        self.undo = Undo {
+            marker: Some(self.snd_una),
+            retrans: 0,
+            stamp: None,
+            rto: false,
+        };
+        self.info.fast_retransmits += 1;
+        self.info.recoveries += 1;
+        // A probe outstanding is superseded by recovery (RFC 8985 §7.4).
+        self.tlp_high = None;
+        self.tlp_at = None;
+    }
+
+    /// The last congestion response was spurious: restore the window and forget the losses.
+    fn undo_congestion(&mut self, frto: bool) {
+        self.cc.on_spurious_congestion();
+        self.info.spurious_undos += 1;
+        if self.undo.rto || frto {
+            self.info.spurious_rtos += 1;
+        }
+        self.undo = Undo::default();
+        self.frto = None;
+        self.loss_high = None;
+        self.in_recovery = false;
+        self.dupacks = 0;
+        self.sb.clear_lost();
+    }
+
+    /// RFC 8985 §7.4: a retransmitted probe that was answered without a D-SACK repaired a real
+    /// loss of the tail; the congestion window still has to respond once.
+    fn tlp_on_ack(
+        &mut self,
+        now: Instant,
+        ack: Seq,
+        advanced: bool,
+        dupack: bool,
+        dsack: Option<(Seq, Seq)>,
+        no_blocks: bool,
+    ) {
+        let Some((end, is_retrans)) = self.tlp_high else {
+            return;
+        };
+        if ack.lt(end) {
+            return;
+        }
+        if !is_retrans {
+            self.tlp_high = None;
+        } else if dsack.is_some_and(|(_, r)| r == end || r.ge(end)) {
+            // The original arrived too: the probe was not needed.
+            self.tlp_high = None;
+        } else if !advanced && dupack && no_blocks {
+            // A pure duplicate ACK at the probe's end: the original and the probe both
+            // arrived (a peer without D-SACK): no loss (Linux tcp_process_tlp_ack).
+            self.tlp_high = None;
+        } else if advanced && ack.gt(end) {
+            self.tlp_high = None;
+            self.info.tlp_recoveries += 1;
+            let flight = self.flight_size() as u64;
+            self.cc.on_congestion_event(now, flight, self.snd_mss);
+            self.cc.on_recovery_end(now);
+        }
+        // An ACK of exactly the probe: the next ACK tells (a D-SACK of the original, or an ACK
+        // beyond the probe).
+    }
+
+    /// (Re)arms the tail loss probe (RFC 8985 §7.2): only with SACK, in the Open state, with
+    /// data in flight and no probe outstanding.
+    fn arm_tlp(&mut self, now: Instant) {
+        let can = self.cfg.recovery.tlp
+            && self.sack_ok
+            && self.state.synchronized()
+            && !self.in_recovery
+            && self.loss_high.is_none()
+            && self.tlp_high.is_none()
+            && !self.sb.is_empty()
+            && self.backoff == 0;
+        if !can {
+            self.tlp_at = None;
+            return;
+        }
+        let pto = match self.srtt {
+            Some(srtt) => {
+                let mut p = srtt * 2;
+                if self.sb.len() == 1 {
+                    p += WC_DEL_ACK;
+                }
+                p
+            }
+            None => Duration::from_secs(1),
+        };
+        let mut at = now + pto;
+        //= rfc8985#section-7.2
+        // If the RTO would fire first, the probe takes its place.
+        if let Some(r) = self.rto_at {
+            at = at.min(r);
+        }
+        self.tlp_at = Some(at);
+    }
+
+    /// The RACK reorder timer fired (RFC 8985 §6.3): mark what is now overdue.
+    fn rack_timeout(&mut self, now: Instant) {
+        if self.sb.is_empty() || !self.state.synchronized() {
+            return;
+        }
+        let srtt = self.srtt.unwrap_or(self.rto);
+        let mss = self.snd_mss.max(1) as u64;
+        let reo = self.rack.reo_wnd(
+            self.in_recovery || self.loss_high.is_some(),
+            self.sb.sacked_bytes() / mss,
+            self.min_rtt.unwrap_or(srtt),
+            srtt,
+        );
+        let (b, n, timer) = self.rack.detect_loss(&mut self.sb, now, reo);
+        self.rack_at = timer;
+        self.info.lost_rack += n;
+        self.rate.on_lost(b);
+        if b > 0 {
+            if !self.in_recovery && self.loss_high.is_none() {
+                self.enter_recovery(now);
+            } else if self.in_recovery {
+                // No ACK to clock PRR: let the retransmissions of what was just marked go.
+                self.recovery_cwnd = self.recovery_cwnd.max(self.in_flight() as u64 + mss);
+            }
         }
     }
 
@@ -1318,7 +1817,10 @@ impl Conn {
         self.syn_now = false;
         self.synack_now = false;
         self.probe_now = false;
-        self.rtx_at = None;
+        self.tlp_now = false;
+        self.tlp_at = None;
+        self.rack_at = None;
+        self.pace_blocked = false;
     }
 
     // ------------------------------------------------------------------ timers
@@ -1338,6 +1840,7 @@ impl Conn {
             if now.saturating_since(self.last_activity) >= IDLE_SHRINK {
                 self.rcvbuf.shrink();
                 self.sndbuf.shrink();
+                self.sb.shrink();
             } else {
                 self.shrink_at = Some(self.last_activity + IDLE_SHRINK);
             }
@@ -1351,6 +1854,27 @@ impl Conn {
             }
             if self.state == State::Closed {
                 return;
+            }
+        }
+        if self.pace_blocked && self.pacer.ready(now) {
+            self.pace_blocked = false;
+        }
+        if self.rack_at.is_some_and(|t| t <= now) {
+            self.rack_at = None;
+            self.rack_timeout(now);
+        }
+        if self.tlp_at.is_some_and(|t| t <= now) {
+            self.tlp_at = None;
+            if self.state.synchronized()
+                && !self.sb.is_empty()
+                && !self.in_recovery
+                && self.loss_high.is_none()
+                && self.tlp_high.is_none()
+            {
+                self.tlp_now = true;
+                //= rfc8985#section-7.3
+                // The retransmission timer restarts from the probe.
+                self.rto_at = Some(now + self.rto);
             }
         }
         if self.rto_at.is_some_and(|t| t <= now) {
@@ -1429,15 +1953,42 @@ impl Conn {
                 // ssthresh is cut once per timeout series, not again for the same segment.
                 if self.backoff == 1 {
                     self.cc.on_rto(now, self.snd_mss);
+                    self.undo = Undo {
+                        marker: Some(self.snd_una),
+                        retrans: 0,
+                        stamp: None,
+                        rto: true,
+                    };
+                    //= rfc5682#section-3.1
+                    // Step 1: F-RTO watches the next ACKs to tell a spurious timeout.
+                    self.frto = (self.cfg.recovery.frto && self.sack_ok).then_some(Frto {
+                        high: self.snd_max,
+                        new_data: false,
+                    });
+                } else {
+                    self.frto = None;
                 }
+                //= rfc2018#section-8
+                // The head SACKed at a timeout means the receiver reneged: forget the SACKs.
+                if self.sb.get(0).is_some_and(|s| s.has(SACKED)) {
+                    self.sb.clear_sacks();
+                }
+                // Everything not SACKed is lost and goes again, oldest first, as the window
+                // (one segment now) allows (Linux tcp_enter_loss).
+                let (b, n) = self.sb.mark_all_lost();
+                self.info.lost_rto += n;
+                self.rate.on_lost(b);
                 //= rfc6582#section-3.2
                 // After a timeout, duplicate ACKs for data sent before it must not start a
                 // second fast retransmit.
                 self.recover = self.snd_max;
+                self.loss_high = Some(self.snd_max);
                 self.in_recovery = false;
                 self.dupacks = 0;
-                self.rtx_at = None;
-                self.snd_nxt = self.snd_una;
+                self.tlp_high = None;
+                self.tlp_at = None;
+                self.tlp_now = false;
+                self.rack_at = None;
             }
         }
         let mut at = now + self.rto;
@@ -1458,7 +2009,7 @@ impl Conn {
         self.state.synchronized()
             && self.unsent() > 0
             && self.snd_una == self.snd_max
-            && (self.snd_wnd == 0 || (!self.cork && self.next_data_len().is_none()))
+            && (self.snd_wnd == 0 || (!self.cork && self.next_data_len(false).is_none()))
     }
 
     fn update_persist(&mut self, now: Instant) {
@@ -1574,9 +2125,54 @@ impl Conn {
     /// Estimated bytes in the network: the flight size, less one MSS per duplicate ACK (each
     /// means a segment has left the network; this gives limited transmit and NewReno's window
     /// inflation without touching cwnd).
+    ///
+    /// With the scoreboard this is Linux's `packets_out - (sacked_out + lost_out) +
+    /// retrans_out` in bytes (RFC 6675's `pipe`); without SACK information each duplicate ACK
+    /// stands for one segment that left the network.
     fn in_flight(&self) -> u32 {
-        self.flight_size()
-            .saturating_sub(self.dupacks.saturating_mul(self.snd_mss))
+        let out = (self.snd_max - self.snd_una) as u64 + self.sb.retrans_bytes();
+        let mut f = out.saturating_sub(self.sb.sacked_bytes() + self.sb.lost_bytes());
+        if self.sb.sacked_bytes() == 0 {
+            f = f.saturating_sub(self.dupacks as u64 * self.snd_mss as u64);
+        }
+        f.min(u32::MAX as u64) as u32
+    }
+
+    /// Room the congestion window leaves: cwnd, or PRR's window during fast recovery.
+    fn cwnd_room(&self) -> u64 {
+        let wnd = if self.in_recovery {
+            self.recovery_cwnd
+        } else {
+            self.cc.window()
+        };
+        wnd.saturating_sub(self.in_flight() as u64)
+    }
+
+    /// The pacing rate in bytes per second: the algorithm's, or (with the `pacing` switch)
+    /// Linux's for loss-based algorithms: 2·cwnd/SRTT in slow start, 1.2·cwnd/SRTT after.
+    fn pacing_rate(&self) -> Option<u64> {
+        if let Some(r) = self.cc.pacing_rate() {
+            return Some(r.max(1));
+        }
+        if !self.cfg.recovery.pacing {
+            return None;
+        }
+        let srtt = self.srtt?.as_nanos().max(1);
+        let pct: u128 = if self.cc.in_slow_start() { 200 } else { 120 };
+        let cwnd = self.cc.window().max(self.in_flight() as u64) as u128;
+        Some((cwnd * pct * 10_000_000 / srtt).clamp(1, u64::MAX as u128) as u64)
+    }
+
+    /// The record to retransmit now (RFC 6675 NextSeg rule 1: the first lost one), if the
+    /// window has room for it.
+    fn next_retransmit(&self) -> Option<usize> {
+        if !self.can_send_data() || self.frto.is_some_and(|f| f.new_data) {
+            return None;
+        }
+        let i = self.sb.next_lost()?;
+        let s = self.sb.get(i)?;
+        let len = (s.len() as u64).min(self.snd_mss as u64);
+        (self.cwnd_room() >= len.max(1)).then_some(i)
     }
 
     /// Sequence number of the first data byte in the send buffer.
@@ -1605,11 +2201,8 @@ impl Conn {
 
     fn fin_pending(&self) -> bool {
         self.fin_queued
-            && match self.fin_seq {
-                None => true,
-                // Sent already; resend only after SND.NXT was pulled back.
-                Some(f) => self.snd_nxt.le(f),
-            }
+            // Once sent, the scoreboard resends the FIN when it is lost.
+            && self.fin_seq.is_none()
     }
 
     fn can_send_data(&self) -> bool {
@@ -1624,12 +2217,13 @@ impl Conn {
     }
 
     fn has_sendable(&self) -> bool {
-        self.can_send_data() && self.next_data_len().is_some()
+        self.can_send_data() && self.next_data_len(false).is_some()
     }
 
     /// Length of the next new-data segment, or `None` when nothing may go now. Applies the
     /// receive window, the congestion window, Nagle, cork and sender SWS avoidance.
-    fn next_data_len(&self) -> Option<(u32, bool)> {
+    /// `probe`: a tail loss probe, which the congestion window does not hold back.
+    fn next_data_len(&self, probe: bool) -> Option<(u32, bool)> {
         let unsent = self.unsent() as u32;
         let fin = self.fin_pending();
         if unsent == 0 {
@@ -1641,8 +2235,11 @@ impl Conn {
         } else {
             0
         };
-        let cwnd = self.cc.window().min(u32::MAX as u64) as u32;
-        let cwnd_room = cwnd.saturating_sub(self.in_flight());
+        let cwnd_room = if probe {
+            u32::MAX
+        } else {
+            self.cwnd_room().min(u32::MAX as u64) as u32
+        };
         let len = unsent.min(self.snd_mss).min(wnd_room).min(cwnd_room);
         if len == 0 {
             return None;
@@ -1869,38 +2466,15 @@ impl Conn {
         }
 
         if self.can_send_data() {
-            if let Some(at) = self.rtx_at.take() {
-                if at.ge(self.snd_una) && at.lt(self.snd_max) {
-                    return Some(self.data_segment(now, at, None));
-                }
-            }
-            match self.next_data_len() {
-                Some((len, fin)) => {
-                    let t = self.data_segment(now, self.snd_nxt, Some((len, fin)));
+            let paced = self.pacing_rate().is_some() && !self.pacer.ready(now);
+            if paced && self.data_waiting() {
+                // Earliest departure time not reached: only control segments go now, and
+                // `poll_timeout` returns the departure time.
+                self.pace_blocked = true;
+            } else {
+                self.pace_blocked = false;
+                if let Some(t) = self.send_data(now) {
                     return Some(t);
-                }
-                None => {
-                    let want = (self.unsent() as u32).min(self.snd_mss);
-                    let wnd_end = self.snd_una + self.snd_wnd;
-                    let wnd_room = if self.snd_nxt.lt(wnd_end) {
-                        wnd_end - self.snd_nxt
-                    } else {
-                        0
-                    };
-                    let cwnd = self.cc.window().min(u32::MAX as u64) as u32;
-                    let l = if want == 0 {
-                        Limit::App
-                    } else if wnd_room < want {
-                        Limit::Rwnd
-                    } else if cwnd.saturating_sub(self.in_flight()) < want {
-                        Limit::Cwnd
-                    } else {
-                        // Nagle or cork holds a small tail: the app's pattern, not the network.
-                        Limit::App
-                    };
-                    self.set_limit(now, l);
-                    // Also when new data meets a window too small to use (not only a zero one).
-                    self.update_persist(now);
                 }
             }
         }
@@ -1947,20 +2521,130 @@ impl Conn {
         None
     }
 
-    /// A segment of data (and maybe FIN) starting at `seq`. `fresh` is `Some((len, fin))` for new
-    /// data from SND.NXT; `None` retransmits one segment at `seq`.
-    fn data_segment(&mut self, now: Instant, seq: Seq, fresh: Option<(u32, bool)>) -> Transmit {
+    /// A data segment is waiting to go (a probe, a retransmission or new data).
+    fn data_waiting(&self) -> bool {
+        self.tlp_now
+            || self.next_retransmit().is_some()
+            || self.next_data_len(false).is_some()
+            || self.rfc6675_more().is_some()
+    }
+
+    /// The next data segment, in RFC 6675 NextSeg order: a tail loss probe when one is due,
+    /// lost segments (rule 1), new data (rule 2), then — in RFC 6675 mode (RACK off) during
+    /// recovery — unSACKed segments below the highest SACK (rule 3) and the rescue
+    /// retransmission (rule 4).
+    fn send_data(&mut self, now: Instant) -> Option<Transmit> {
+        if self.tlp_now {
+            self.tlp_now = false;
+            if let Some(t) = self.send_tlp(now) {
+                return Some(t);
+            }
+        }
+        if let Some(i) = self.next_retransmit() {
+            return Some(self.retransmit(now, i));
+        }
+        if let Some((len, fin)) = self.next_data_len(false) {
+            return Some(self.data_segment(now, self.snd_nxt, Payload::New(len, fin)));
+        }
+        let l = if self.unsent() == 0 {
+            Limit::App
+        } else if self.snd_una + self.snd_wnd == self.snd_nxt || self.snd_wnd == 0 {
+            Limit::Rwnd
+        } else {
+            Limit::Cwnd
+        };
+        self.set_limit(now, l);
+        if l == Limit::Rwnd {
+            self.update_persist(now);
+        }
+        if l == Limit::App && self.cwnd_room() > 0 && self.sb.lost_bytes() == 0 {
+            //= draft-cheng-iccrg-delivery-rate-estimation#section-3.4
+            // Out of data with room in the window: samples are app-limited for a while.
+            self.rate.mark_app_limited(self.in_flight() as u64);
+        }
+        if let Some((i, rescue)) = self.rfc6675_more() {
+            self.rescue_done |= rescue;
+            return Some(self.retransmit(now, i));
+        }
+        None
+    }
+
+    /// RFC 6675 NextSeg rules 3 and 4, used in RFC 6675 mode (RACK off) during recovery: the
+    /// record to retransmit, and whether it is the rescue retransmission.
+    fn rfc6675_more(&self) -> Option<(usize, bool)> {
+        if !(self.in_recovery && self.sack_ok && !self.cfg.recovery.rack) {
+            return None;
+        }
+        let mss = self.snd_mss as u64;
+        let fits = |i: usize| {
+            self.sb
+                .get(i)
+                .is_some_and(|s| self.cwnd_room() >= (s.len() as u64).min(mss).max(1))
+        };
+        //= rfc6675#section-4
+        // Rule 3: an unSACKed segment below the highest SACKed one, not yet resent.
+        if let Some(i) = self.sb.next_unsacked_below_high() {
+            return fits(i).then_some((i, false));
+        }
+        //= rfc6675#section-4
+        // Rule 4: once per recovery, the last unSACKed segment (rescue retransmission).
+        if !self.rescue_done {
+            let last = (0..self.sb.len()).rev().find(|&i| {
+                self.sb
+                    .get(i)
+                    .is_some_and(|s| !s.has(SACKED) && !s.has(RETRANS))
+            });
+            return last.filter(|&i| fits(i)).map(|i| (i, true));
+        }
+        None
+    }
+
+    /// Retransmits scoreboard record `i` (short lost records behind it are joined up to an
+    /// MSS first, so a smaller MSS or a split does not leave runts).
+    fn retransmit(&mut self, now: Instant, i: usize) -> Transmit {
+        self.sb.coalesce(i, self.snd_mss);
+        let s = *self.sb.get(i).expect("index");
+        let data_len = s.len() - s.fin as u32;
+        self.data_segment(now, s.start, Payload::Rtx(data_len))
+    }
+
+    /// Sends the tail loss probe (RFC 8985 §7.3): new data if the peer's window allows,
+    /// else the last segment again.
+    fn send_tlp(&mut self, now: Instant) -> Option<Transmit> {
+        let t = if let Some((len, fin)) = self.next_data_len(true) {
+            let t = self.data_segment(now, self.snd_nxt, Payload::New(len, fin));
+            self.tlp_high = Some((self.snd_max, false));
+            t
+        } else {
+            let i = (0..self.sb.len())
+                .rev()
+                .find(|&i| self.sb.get(i).is_some_and(|s| !s.has(SACKED)))?;
+            let t = self.retransmit(now, i);
+            self.tlp_high = Some((self.snd_max, true));
+            t
+        };
+        self.info.tlp_probes += 1;
+        self.tlp_at = None;
+        self.rto_at = Some(now + self.rto);
+        Some(t)
+    }
+
+    /// A segment of data (and maybe FIN) starting at `seq`: new data from SND.NXT, or a
+    /// retransmission of (part of) the scoreboard record starting at `seq`.
+    fn data_segment(&mut self, now: Instant, seq: Seq, what: Payload) -> Transmit {
         let base = self.data_base();
         let end = self.data_end();
-        let (len, fin) = match fresh {
-            Some(x) => x,
-            None => {
+        let fresh = matches!(what, Payload::New(..));
+        let (len, fin) = match what {
+            Payload::New(len, fin) => (len, fin),
+            Payload::Rtx(max) => {
                 let data_left = if seq.lt(end) { end - seq } else { 0 };
-                let len = data_left.min(self.snd_mss);
+                let len = data_left.min(self.snd_mss).min(max);
                 let fin = self.fin_queued && seq + len == end;
                 (len, fin)
             }
         };
+        let in_flight_before = self.in_flight() as u64;
         if self.slow_start_restart_due(now) {
             self.cc.on_idle_restart(now, self.snd_mss);
         }
@@ -2005,14 +2689,41 @@ impl Conn {
         if len < self.snd_mss {
             self.snd_sml = seq + len;
         }
-        if fresh.is_some() {
+        if fresh {
             self.snd_nxt = seg_end;
+        }
+        // The scoreboard: a new record, or the record retransmitted (split if shorter).
+        let seq_len = len + fin as u32;
+        let tx = self
+            .rate
+            .on_send(now, in_flight_before, in_flight_before + seq_len as u64);
+        if fresh {
+            self.sb.push(seq, seg_end, fin, now, tx);
+        } else if let Some(i) = self.sb.find(seq) {
+            self.sb.retransmit(i, seq_len, now, tx);
+            if self.undo.marker.is_some() {
+                self.undo.retrans += 1;
+                if self.undo.stamp.is_none() {
+                    self.undo.stamp = Some(self.tsval(now));
+                }
+            }
+        }
+        if self.in_recovery {
+            self.prr.on_sent(seq_len as u64);
+        }
+        if let Some(rate) = self.pacing_rate() {
+            self.pacer.on_sent(now, seq_len as u64, rate, self.snd_mss);
         }
         if self.snd_max.lt(seg_end) {
             self.snd_max = seg_end;
         }
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rto);
+        }
+        if fresh {
+            //= rfc8985#section-7.2
+            // New data re-arms the probe timer (from the last transmission).
+            self.arm_tlp(now);
         }
         let flight = self.in_flight();
         self.max_flight_round = self.max_flight_round.max(flight);

@@ -10,8 +10,11 @@
 //! ```text
 //! config KEY VALUE         before the first timed line. Keys: mtu (wire MTU, 1500), rmem, wmem
 //!                          (bytes, default 1 MiB each: window scale 5), backlog, syncookies on|off, nodelay on|off, mss_clamp,
-//!                          rto_min_ms, keepalive_s, user_timeout_s, tolerance (seconds, default 0.002), peer_isn (the peer's
-//!                          absolute ISN for relative 0; default 0xfffff000, so data wraps 2^32)
+//!                          rto_min_ms, keepalive_s, user_timeout_s, tolerance (seconds, default
+//!                          0.002), peer_isn (the peer's absolute ISN for relative 0; default
+//!                          0xfffff000, so data wraps 2^32), rack, tlp, frto on|off (loss
+//!                          recovery, default on), pacing on|off (pace CUBIC/NewReno, default
+//!                          off), cc newreno|cubic
 //! TIME < [@N] SEGMENT       the peer sends SEGMENT at TIME
 //! TIME > [@N] SEGMENT       the engine must send SEGMENT at TIME ± tolerance (the next packet it
 //!                          sends; a packet it sends that no `>` line expects is an error)

@@ -75,6 +75,7 @@ impl<'a> Runner<'a> {
         };
         let mut tolerance = 0.002;
         let mut peer_isn_base = 0xffff_f000u32;
+        let mut recovery = longhaul::stack::tcp::config::Recovery::default();
         for (no, k, v) in &script.config {
             let e = |m: String| format!("{}:{no}: config {k}: {m}", script.path);
             let n = || {
@@ -120,15 +121,26 @@ impl<'a> Runner<'a> {
                     tolerance = v.parse().map_err(|_| e(format!("`{v}` is not seconds")))?
                 }
                 "peer_isn" => peer_isn_base = n()? as u32,
+                "rack" => recovery.rack = on()?,
+                "tlp" => recovery.tlp = on()?,
+                "frto" => recovery.frto = on()?,
+                "pacing" => recovery.pacing = on()?,
+                "cc" => {
+                    cfg.cc(v
+                        .parse()
+                        .map_err(|x: longhaul::stack::tcp::cc::ParseCcAlgorithmError| e(x.0))?);
+                }
                 _ => {
                     return Err(e(
                         "unknown key (mtu, rmem, wmem, backlog, syncookies, nodelay, mss_clamp, \
-                         keepalive_s, user_timeout_s, rto_min_ms, tolerance, peer_isn)"
+                         keepalive_s, user_timeout_s, rto_min_ms, tolerance, peer_isn, rack, tlp, \
+                         frto, pacing, cc)"
                             .into(),
                     ))
                 }
             }
         }
+        cfg.recovery(recovery);
         let (a, b) = mem::wire(wire_cfg);
         let engine = Engine::new(0, &cfg, ENGINE_MAC, 7, a, ScriptApp::default());
         Ok(Runner {
@@ -799,6 +811,23 @@ fn tcpi_field(i: &ConnInfo, name: &str) -> Option<u64> {
         "challenge_acks" => t.challenge_acks,
         "paws_drops" => t.paws_drops,
         "zero_window_probes" => t.zero_window_probes,
+        "sacked_bytes" => t.sacked_bytes,
+        "lost_bytes" => t.lost_bytes,
+        "retrans_out_bytes" => t.retrans_out_bytes,
+        "lost_rack" => t.lost_rack,
+        "lost_dupack" => t.lost_dupack,
+        "lost_rto" => t.lost_rto,
+        "recoveries" => t.recoveries,
+        "tlp_probes" => t.tlp_probes,
+        "tlp_recoveries" => t.tlp_recoveries,
+        "dsacks_in" => t.dsacks_in,
+        "spurious_undos" => t.spurious_undos,
+        "spurious_rtos" => t.spurious_rtos,
+        "reord_seen" => t.reord_seen as u64,
+        "reo_wnd_mult" => t.reo_wnd_mult as u64,
+        "delivered_bytes" => t.delivered_bytes,
+        "delivery_rate_bps" => t.delivery_rate_bps,
+        "pacing_rate_bps" => t.pacing_rate_bps,
         "recv_queue" => i.recv_queue as u64,
         "send_queue" => i.send_queue as u64,
         "nodelay" => i.nodelay as u64,

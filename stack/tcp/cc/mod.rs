@@ -78,11 +78,17 @@ pub use self::newreno::NewReno;
 pub const MAX_WINDOW: u64 = 1 << 40;
 
 /// What one ACK told the sender. All byte counts are bytes, not segments.
-#[derive(Clone, Copy, Debug)]
+///
+/// The fields after `mss` come from the engine's delivery-rate estimator
+/// (draft-cheng-iccrg-delivery-rate-estimation) and loss detector; `Default` gives an empty
+/// sample for tests.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct AckSample {
     /// When the ACK was processed.
     pub now: Instant,
-    /// Newly acknowledged by this ACK (cumulative plus newly SACKed).
+    /// Newly acknowledged by this ACK (cumulative plus newly SACKed) when the ACK moved
+    /// SND.UNA; 0 on an ACK that only SACKs (Linux grows a loss-based window only on ACKs that
+    /// acknowledge new data). `newly_delivered` counts every ACK.
     pub acked_bytes: u64,
     /// RTT sample from this ACK (timestamps or Karn-safe timing), if any.
     pub rtt: Option<Duration>,
@@ -106,9 +112,32 @@ pub struct AckSample {
     pub in_recovery: bool,
     /// The sender's MSS, bytes.
     pub mss: u32,
-    /// Bytes newly marked lost while processing this ACK (SACK scoreboard, RACK, dupacks); 0
-    /// when the engine marks nothing or does not count losses. BBR's loss-rate response uses it.
+    /// Bytes this ACK delivered: newly cumulatively acknowledged (not SACKed before) plus
+    /// newly SACKed, whether or not SND.UNA moved.
+    pub newly_delivered: u64,
+    /// Bytes newly SACKed by this ACK (included in `newly_delivered`).
+    pub sacked_bytes: u64,
+    /// Bytes newly marked lost while processing this ACK (RACK, DupThresh).
     pub lost_bytes: u64,
+    /// Total bytes marked lost on the connection so far.
+    pub lost_total: u64,
+    /// The rate sample's newest segment was sent while the application limited sending
+    /// (draft-cheng §3.4): the sample may under-estimate the path. `app_limited` above is the
+    /// engine's "did not use its window" test that holds window growth; this is the one a
+    /// bandwidth model filters samples with.
+    pub is_app_limited: bool,
+    /// Bytes delivered over the rate sample's interval (0 without a sample).
+    pub rate_delivered: u64,
+    /// The rate sample's interval (`max(send_elapsed, ack_elapsed)`).
+    pub rate_interval: Duration,
+    /// `delivered` when the sample's newest segment was sent (BBR's round counting).
+    pub prior_delivered: u64,
+    /// Bytes in flight just after the sample's newest segment was sent (BBR `tx_in_flight`).
+    pub tx_in_flight: u64,
+    /// Bytes marked lost between that segment's send and this ACK (BBR `rs.lost`).
+    pub rate_lost: u64,
+    /// The sample's newest segment was a retransmission.
+    pub rate_is_retrans: bool,
 }
 
 /// A congestion-control algorithm. See the [module documentation](self) for the call contract.

@@ -23,7 +23,7 @@ pub(super) fn ack(now: Instant, acked: u64, mss: u32) -> AckSample {
         round_start: false,
         in_recovery: false,
         mss,
-        lost_bytes: 0,
+        ..AckSample::default()
     }
 }
 

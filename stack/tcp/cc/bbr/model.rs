@@ -239,6 +239,7 @@ impl<C: CongestionControl> Sim<C> {
             in_recovery,
             mss: self.path.mss,
             lost_bytes: lost,
+            ..AckSample::default()
         };
         self.cc.on_ack(&sample);
         observe(self, &sample);
