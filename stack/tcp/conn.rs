@@ -905,9 +905,9 @@ impl Conn {
                     any |= self.sb.mark_lost(i) > 0;
                 }
             }
-            if any && self.loss_high.is_none() {
+            // (In fast recovery the lost segments simply go under PRR.)
+            if any && self.loss_high.is_none() && !self.in_recovery {
                 self.loss_high = Some(self.snd_max);
-                self.in_recovery = false;
                 self.undo = Undo::default();
                 self.frto = None;
             }
@@ -1316,7 +1316,7 @@ impl Conn {
         let newly_lost = self.detect_losses(now, advanced, dupack, blocks.is_empty());
 
         // ---- the recovery state
-        self.update_recovery_state(now, seg, &out, advanced, dupack, ecr, prior_una);
+        self.update_recovery_state(now, &out, advanced, dupack, ecr);
 
         // ---- PRR: what this ACK lets go during fast recovery
         let delivered_data = out.acked + out.sacked;
@@ -1509,18 +1509,14 @@ impl Conn {
 
     /// Moves between Open, Recovery and Loss (after a timeout), and undoes a congestion
     /// response that proved spurious.
-    #[allow(clippy::too_many_arguments)]
     fn update_recovery_state(
         &mut self,
         now: Instant,
-        seg: &Segment,
         out: &super::recovery::AckOutcome,
         advanced: bool,
         dupack: bool,
         ecr: Option<u32>,
-        prior_una: Seq,
     ) {
-        let _ = seg;
         // F-RTO (RFC 5682 §3.1, SACK-enhanced as Linux's tcp_process_loss).
         if let Some(f) = self.frto {
             if out.orig_delivered > 0 {
@@ -1578,7 +1574,6 @@ impl Conn {
             self.cc.on_recovery_end(now);
             self.rack.on_recovery_end();
         }
-        let _ = prior_una;
         if !self.in_recovery && self.loss_high.is_none() && self.sb.lost_bytes() > 0 {
             self.enter_recovery(now);
         }
