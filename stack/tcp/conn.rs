@@ -2135,7 +2135,9 @@ impl Conn {
 
     /// Room the congestion window leaves: cwnd, or PRR's window during fast recovery.
     fn cwnd_room(&self) -> u64 {
-        let wnd = if self.in_recovery {
+        // A model-based controller (one that paces: BBR) sets its own window in recovery, as
+        // Linux skips PRR for BBR; loss-based ones follow PRR.
+        let wnd = if self.in_recovery && self.cc.pacing_rate().is_none() {
             self.recovery_cwnd
         } else {
             self.cc.window()

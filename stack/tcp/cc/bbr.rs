@@ -611,10 +611,16 @@ impl Bbr {
         RateSample {
             delivery_rate,
             delivered: delivered_window,
-            newly_acked: ack.acked_bytes,
+            newly_acked: ack.newly_delivered.max(ack.acked_bytes),
             lost: lost_window,
             tx_in_flight,
-            is_app_limited: ack.app_limited || self.delivered <= self.app_limited_until,
+            // The engine's rate sample says whether the application limited it (draft-cheng
+            // §3.4); `app_limited` is its different "window not used" test for loss-based CCs.
+            is_app_limited: if ack.rate_interval.is_zero() {
+                ack.app_limited || self.delivered <= self.app_limited_until
+            } else {
+                ack.is_app_limited
+            },
             rtt_ns: ack
                 .rtt
                 .map(|r| r.as_nanos().min(u128::from(u64::MAX - 1)) as u64),
@@ -866,7 +872,7 @@ impl CongestionControl for Bbr {
         if ack.acked_bytes > 0 {
             self.rto_fresh = false;
         }
-        let newly_acked = ack.acked_bytes;
+        let newly_acked = ack.newly_delivered.max(ack.acked_bytes);
         self.delivered = self
             .delivered
             .saturating_add(newly_acked)
