@@ -2387,6 +2387,33 @@ impl Conn {
         }
     }
 
+    /// Our SYN (`ack` false) or SYN-ACK, first sent or again.
+    fn syn_segment(&mut self, now: Instant, ack: bool) -> Transmit {
+        let flags = Flags {
+            syn: true,
+            ack,
+            ..Flags::default()
+        };
+        let mut seg = self.base_segment(now, self.iss, flags);
+        self.syn_options(now, &mut seg.opts, ack);
+        // Karn: only the first transmission is timed (this one may be sent again because of a
+        // timeout or because the peer's SYN came again).
+        if self.snd_max == self.iss {
+            self.rtt_timed = Some((self.iss + 1, now));
+        } else {
+            self.rtt_timed = None;
+            self.info.retransmits_total += 1;
+        }
+        self.snd_nxt = self.iss + 1;
+        self.snd_max = self.snd_max.max(self.snd_nxt);
+        self.rto_at = self.rto_at.or(Some(now + self.rto));
+        self.note_sent(now, &seg);
+        Transmit {
+            seg,
+            payload_offset: 0,
+        }
+    }
+
     /// The next segment to send, if any. Call until `None` (or until the device is full; the
     /// same segment is then produced again on the next call — nothing is lost).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
@@ -2409,54 +2436,11 @@ impl Conn {
             State::Closed => return None,
             State::SynSent if self.syn_now => {
                 self.syn_now = false;
-                let flags = Flags {
-                    syn: true,
-                    ..Flags::default()
-                };
-                let mut seg = self.base_segment(now, self.iss, flags);
-                self.syn_options(now, &mut seg.opts, false);
-                // Karn: only the first transmission is timed (this one may be sent again
-                // because of a timeout or because the peer's SYN came again).
-                if self.snd_max == self.iss {
-                    self.rtt_timed = Some((self.iss + 1, now));
-                } else {
-                    self.rtt_timed = None;
-                    self.info.retransmits_total += 1;
-                }
-                self.snd_nxt = self.iss + 1;
-                self.snd_max = self.snd_max.max(self.snd_nxt);
-                self.rto_at = self.rto_at.or(Some(now + self.rto));
-                self.note_sent(now, &seg);
-                return Some(Transmit {
-                    seg,
-                    payload_offset: 0,
-                });
+                return Some(self.syn_segment(now, false));
             }
             State::SynReceived if self.synack_now => {
                 self.synack_now = false;
-                let flags = Flags {
-                    syn: true,
-                    ack: true,
-                    ..Flags::default()
-                };
-                let mut seg = self.base_segment(now, self.iss, flags);
-                self.syn_options(now, &mut seg.opts, true);
-                // Karn: only the first transmission is timed (this one may be sent again
-                // because of a timeout or because the peer's SYN came again).
-                if self.snd_max == self.iss {
-                    self.rtt_timed = Some((self.iss + 1, now));
-                } else {
-                    self.rtt_timed = None;
-                    self.info.retransmits_total += 1;
-                }
-                self.snd_nxt = self.iss + 1;
-                self.snd_max = self.snd_max.max(self.snd_nxt);
-                self.rto_at = self.rto_at.or(Some(now + self.rto));
-                self.note_sent(now, &seg);
-                return Some(Transmit {
-                    seg,
-                    payload_offset: 0,
-                });
+                return Some(self.syn_segment(now, true));
             }
             State::SynSent | State::SynReceived if !self.ack_now => return None,
             _ => {}
