@@ -71,6 +71,9 @@ impl Endpoint {
             }
             Err(_) => {}
         }
+        if let Some(dir) = path.parent() {
+            sweep_stale(dir);
+        }
         let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind {shown}: {e}"))?;
         let ep = Endpoint {
             path: path.to_path_buf(),
@@ -186,4 +189,26 @@ fn answer(request: &str, stack: &Stack) -> String {
         }
     };
     json.unwrap_or_else(|e| format!("error: cannot encode the reply: {e}"))
+}
+
+/// Removes `<pid>.sock` files in `dir` whose instance is gone (killed before it could remove its
+/// own), so the run directory does not fill up with dead endpoints.
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && UnixStream::connect(e.path()).is_err() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
