@@ -490,8 +490,10 @@ impl Io {
         let c = self.conn_mut(idx).expect("owned");
         let n = c.tcb.recv(now, buf);
         if n > 0 {
-            // A read may open the window enough for an update.
-            if c.tcb.wants_transmit() {
+            // A read may open the window enough for an update, or drain a connection that ended
+            // (its `Closed` waits for that).
+            let ended = matches!(c.tcb.state(), State::Closed | State::TimeWait);
+            if c.tcb.wants_transmit() || (ended && c.tcb.recv_available() == 0) {
                 self.mark_dirty(idx);
             }
             return Ok(n);
@@ -1353,7 +1355,10 @@ impl Io {
             }
         }
         let ended = matches!(state, State::Closed | State::TimeWait);
-        if ended && c.owned && !c.end_told {
+        // An orderly end waits until the app has read everything (then its read sees EOF), as a
+        // socket stays readable after the peer's FIN: `Closed` invalidates the handle.
+        let unread = c.tcb.recv_available() > 0 && c.tcb.end().is_none_or(|e| e == End::Normal);
+        if ended && c.owned && !c.end_told && !unread {
             // The handle stays valid (buffered data can still be read) until the app has seen
             // this event; the core loop then calls `end_delivered`.
             c.end_told = true;
