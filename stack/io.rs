@@ -966,17 +966,7 @@ impl Io {
         let remote = SocketAddrV4::new(key.remote_ip, key.remote_port);
         let (iss, ts_offset) = self.isn(&key);
         let tcb = Tcb::accept(cfg, self.tnow, local, remote, seg, iss, ts_offset);
-        let idx = self.insert(
-            tcb,
-            key,
-            Some(src_mac),
-            Role::HalfOpen(key.local_port),
-            opts,
-        );
-        self.flows.insert(key, idx);
-        if let Some(l) = self.listeners.get_mut(&key.local_port) {
-            l.half_open += 1;
-        }
+        let idx = self.insert_half_open(tcb, key, src_mac, opts);
         self.mark_dirty(idx);
     }
 
@@ -1060,17 +1050,7 @@ impl Io {
         let (_, ts_offset) = self.isn(&key);
         let iss = seg.ack + u32::MAX;
         let tcb = Tcb::from_cookie(cfg, self.tnow, local, remote, seg, syn_opts, iss, ts_offset);
-        let idx = self.insert(
-            tcb,
-            key,
-            Some(src_mac),
-            Role::HalfOpen(key.local_port),
-            opts,
-        );
-        self.flows.insert(key, idx);
-        if let Some(l) = self.listeners.get_mut(&key.local_port) {
-            l.half_open += 1;
-        }
+        let idx = self.insert_half_open(tcb, key, src_mac, opts);
         Some(idx)
     }
 
@@ -1627,6 +1607,23 @@ impl Io {
             cc: o.cc,
             ..d.clone()
         })
+    }
+
+    /// A connection born from a listener (SYN or cookie): in the flow table and counted in the
+    /// listener's SYN queue until it is established.
+    fn insert_half_open(
+        &mut self,
+        tcb: Tcb,
+        key: FlowKey,
+        mac: EthernetAddress,
+        opts: Resolved,
+    ) -> u32 {
+        let idx = self.insert(tcb, key, Some(mac), Role::HalfOpen(key.local_port), opts);
+        self.flows.insert(key, idx);
+        if let Some(l) = self.listeners.get_mut(&key.local_port) {
+            l.half_open += 1;
+        }
+        idx
     }
 
     fn insert(
