@@ -174,8 +174,11 @@ pub trait App: 'static {
     fn on_start(&mut self, _io: &mut Io) {}
     /// Called for every event, in order.
     fn on_event(&mut self, io: &mut Io, event: Event);
-    /// Called about every 100 ms, for the app's own timers.
+    /// Called about every 100 ms, for the app's own coarse timers.
     fn on_tick(&mut self, _io: &mut Io) {}
+    /// Called once the deadline set with [`Io::set_wakeup`] has passed (for fine-grained timers,
+    /// e.g. a QUIC connection's `poll_timeout`). The deadline is cleared before the call.
+    fn on_wakeup(&mut self, _io: &mut Io) {}
     /// Called once when the stack is asked to stop. Close connections here; the core keeps running
     /// (up to about a second) until they are closed, then exits.
     fn on_stop(&mut self, _io: &mut Io) {}

@@ -103,6 +103,10 @@ impl<Q: Queue, A: App> Engine<Q, A> {
                 }
             }
         }
+        if self.io.take_due_wakeup() {
+            self.app.on_wakeup(&mut self.io);
+            self.io.service_dirty(&mut self.queue, &mut self.tx);
+        }
         let flushed = self.tx.flush(&mut self.queue);
         if now.saturating_sub(self.last_tick) >= TICK {
             self.last_tick = now;
@@ -195,5 +199,51 @@ impl<Q: Queue, A: App> Engine<Q, A> {
 
     pub(crate) fn note_sleep(&mut self) {
         self.io.stats.sleeps += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pmd::mem::{self, MemConfig};
+
+    /// Re-arms its wakeup twice and records when it ran.
+    struct Waker(Vec<Duration>);
+
+    impl App for Waker {
+        fn on_start(&mut self, io: &mut Io) {
+            io.set_wakeup(Some(Duration::from_millis(5)));
+        }
+        fn on_event(&mut self, _io: &mut Io, _ev: Event) {}
+        fn on_wakeup(&mut self, io: &mut Io) {
+            self.0.push(io.now());
+            if self.0.len() < 2 {
+                io.set_wakeup(Some(io.now() + Duration::from_millis(7)));
+            }
+        }
+    }
+
+    #[test]
+    fn app_wakeup_fires_once_at_its_deadline_and_bounds_the_sleep() {
+        let (q, _peer) = mem::wire(MemConfig::default());
+        let mut cfg = Config::new();
+        cfg.ip("198.18.0.1/24").unwrap();
+        let mac = [2, 0, 0, 0, 0, 1];
+        let mut e = Engine::new(0, &cfg, mac, 1, q, Waker(Vec::new()));
+        let ms = Duration::from_millis;
+        assert!(e.next_deadline().unwrap() <= ms(5) + Duration::from_micros(1));
+        e.poll(ms(4));
+        assert!(e.app().0.is_empty(), "woke before its deadline");
+        e.poll(ms(5));
+        assert_eq!(e.app().0, vec![ms(5)]);
+        assert!(e.next_deadline().unwrap() <= ms(12) + Duration::from_micros(1));
+        e.poll(ms(6));
+        e.poll(ms(20));
+        e.poll(ms(40));
+        assert_eq!(e.app().0, vec![ms(5), ms(20)], "one call per request");
+        e.io().set_wakeup(Some(ms(50)));
+        e.io().set_wakeup(None);
+        e.poll(ms(60));
+        assert_eq!(e.app().0.len(), 2, "a cancelled wakeup does not fire");
     }
 }

@@ -29,6 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Local ports for outgoing connections (Linux's default `ip_local_port_range`).
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
@@ -182,6 +183,8 @@ pub struct Io {
     core: usize,
     now: Instant,
     tnow: TcpInstant,
+    /// The app's one-shot deadline ([`Io::set_wakeup`]).
+    wakeup: Option<Duration>,
     iface: Interface,
     caps: DeviceCapabilities,
     tx_checksum: bool,
@@ -337,6 +340,7 @@ impl Io {
             core,
             now,
             tnow: TcpInstant::from_micros(now.total_micros().max(0) as u64),
+            wakeup: None,
             iface,
             caps,
             tx_checksum: !port_caps.tx_checksum_offload,
@@ -763,7 +767,29 @@ impl Io {
         }
     }
 
+    /// This core's clock: time since the stack started (monotonic; virtual in simulations).
+    pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.tnow.as_nanos())
+    }
+
+    /// Asks for one [`crate::App::on_wakeup`] call once `now()` reaches `at` (replacing any earlier
+    /// request; `None` cancels). The core sleeps no longer than that.
+    pub fn set_wakeup(&mut self, at: Option<Duration>) {
+        self.wakeup = at;
+    }
+
     // ---------------------------------------------------------------- engine (core loop only)
+
+    /// Takes the app's deadline when it has passed.
+    pub(crate) fn take_due_wakeup(&mut self) -> bool {
+        match self.wakeup {
+            Some(at) if at <= self.now() => {
+                self.wakeup = None;
+                true
+            }
+            _ => false,
+        }
+    }
 
     pub(crate) fn set_now(&mut self, now: Instant) {
         self.now = now;
@@ -1213,9 +1239,17 @@ impl Io {
 
     /// The next timer deadline, if any (for the idle sleep).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.timers
+        let tcp = self
+            .timers
             .next_deadline()
-            .map(|at| Instant::from_micros(at.as_micros() as i64 + 1))
+            .map(|at| Instant::from_micros(at.as_micros() as i64 + 1));
+        let app = self
+            .wakeup
+            .map(|at| Instant::from_micros(at.as_micros() as i64 + 1));
+        match (tcp, app) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// True when there is work that does not wait for a packet or a timer.
