@@ -428,7 +428,7 @@ impl Conn {
             snd_wl1: Seq(0),
             snd_wl2: iss,
             snd_wscale: 0,
-            sndbuf: SendBuffer::new(cfg.wmem_initial.min(cfg.wmem_max)),
+            sndbuf: SendBuffer::new(cfg.wmem_initial.min(cfg.wmem_max)).with_ceiling(cfg.wmem_max),
             fin_queued: false,
             fin_seq: None,
             snd_mss: 536,
@@ -442,7 +442,7 @@ impl Conn {
             rcv_nxt_off: 0,
             rcv_adv: Seq(0),
             rcv_wscale: 0,
-            rcvbuf: RecvBuffer::new(cfg.rmem_initial.min(cfg.rmem_max)),
+            rcvbuf: RecvBuffer::new(cfg.rmem_initial.min(cfg.rmem_max)).with_ceiling(cfg.rmem_max),
             peer_fin: None,
             fin_received: false,
             rcv_mss: cfg.advertised_mss() as u32,
@@ -2058,8 +2058,10 @@ impl Conn {
     // ------------------------------------------------------------------ buffers
 
     fn grow_send_buffer(&mut self) {
-        // Like Linux's tcp_sndbuf_expand: room for two congestion windows (or the peer's window).
-        let want = (2 * self.cc.window().max(self.snd_wnd as u64)) as usize;
+        // Like Linux's tcp_sndbuf_expand: room for two congestion windows — what is in flight and
+        // what the next round may send. (Not the peer's window: a receiver offering 16 MB to a
+        // 3-MB path would make every connection hold 32 MB of unsent data.)
+        let want = (2 * self.cc.window()) as usize;
         let limit = want
             .max(self.cfg.wmem_initial)
             .min(self.cfg.wmem_max)

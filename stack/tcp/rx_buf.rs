@@ -59,6 +59,9 @@ pub struct RecvBuffer {
     read_offset: u64,
     rcv_nxt: u64,
     limit: usize,
+    /// Most memory the ring may take (the configured maximum): growth doubles up to here, not
+    /// just to `limit`, so a limit raised in small steps does not reallocate at every step.
+    ceiling: usize,
     /// Out-of-order ranges `[start, end)`: sorted, disjoint, all above `rcv_nxt`, none touching
     /// another or `rcv_nxt` (touching ranges are merged).
     ooo: VecDeque<(u64, u64)>,
@@ -80,6 +83,7 @@ impl RecvBuffer {
             read_offset: 0,
             rcv_nxt: 0,
             limit,
+            ceiling: limit,
             ooo: VecDeque::new(),
             recent: [0; RECENT],
             recent_len: 0,
@@ -88,10 +92,18 @@ impl RecvBuffer {
         }
     }
 
+    /// Lets the ring's memory grow ahead of the limit up to `ceiling` (the configured maximum;
+    /// never below the limit).
+    pub fn with_ceiling(mut self, ceiling: usize) -> Self {
+        self.ceiling = ceiling.max(self.limit);
+        self
+    }
+
     /// Changes how far beyond the read point data is kept (autotuning raises it). It never goes
     /// below what is held, in order or not; memory is not taken until data needs it.
     pub fn set_limit(&mut self, limit: usize) {
         self.limit = limit.max(self.span());
+        self.ceiling = self.ceiling.max(self.limit);
     }
 
     /// How far beyond the read point data is kept.
@@ -134,7 +146,7 @@ impl RecvBuffer {
         if start < end {
             let needed = (end - self.read_offset) as usize;
             if needed > self.ring.capacity() {
-                let target = Sizing::grow_target(self.ring.capacity(), needed, self.limit);
+                let target = Sizing::grow_target(self.ring.capacity(), needed, self.ceiling);
                 self.ring.resize(target, self.span());
             }
             let data = &data[(start - offset) as usize..(end - offset) as usize];

@@ -26,6 +26,9 @@ pub struct SendBuffer {
     /// Bytes held (in flight and not yet sent), from logical position 0 of the ring.
     len: usize,
     limit: usize,
+    /// Most memory the ring may take (the configured maximum): growth doubles up to here, not
+    /// just to `limit`, so a limit raised in small steps does not reallocate at every step.
+    ceiling: usize,
     sizing: Sizing,
 }
 
@@ -36,14 +39,23 @@ impl SendBuffer {
             ring: ByteRing::default(),
             len: 0,
             limit,
+            ceiling: limit,
             sizing: Sizing::default(),
         }
+    }
+
+    /// Lets the ring's memory grow ahead of the limit up to `ceiling` (the configured maximum;
+    /// never below the limit).
+    pub fn with_ceiling(mut self, ceiling: usize) -> Self {
+        self.ceiling = ceiling.max(self.limit);
+        self
     }
 
     /// Changes the most bytes the buffer may hold (autotuning raises it). It never goes below
     /// what is held now; memory is not taken until data needs it.
     pub fn set_limit(&mut self, limit: usize) {
         self.limit = limit.max(self.len);
+        self.ceiling = self.ceiling.max(self.limit);
     }
 
     /// The most bytes the buffer may hold.
@@ -79,7 +91,7 @@ impl SendBuffer {
         }
         let needed = self.len + n;
         if needed > self.ring.capacity() {
-            let target = Sizing::grow_target(self.ring.capacity(), needed, self.limit);
+            let target = Sizing::grow_target(self.ring.capacity(), needed, self.ceiling);
             self.ring.resize(target, self.len);
         }
         self.ring.write(self.len, &data[..n]);

@@ -275,5 +275,12 @@ fn clean_path_sees_no_retransmission_and_rate_samples() {
     assert_eq!(info.retransmits_total, 0);
     assert_eq!(info.tlp_probes, 0);
     assert!(info.delivery_rate_bps > 0);
-    assert_eq!(info.delivered_bytes, 4 << 20);
+    // The run ends when the receiver has every byte; the ACK for the last segments may still
+    // be on its way back.
+    let total = 4u64 << 20;
+    assert!(
+        info.delivered_bytes <= total && info.delivered_bytes + 2 * 1460 >= total,
+        "delivered {} of {total}",
+        info.delivered_bytes
+    );
 }
