@@ -314,6 +314,8 @@ pub struct Bbr {
     cycle_stamp: Instant,
     bw_probe_wait: Duration,
     is_loss_in_round: bool,
+    /// Bytes marked lost in the current loss round.
+    lost_in_round: u64,
     loss_events_in_round: u32,
     drain_start_round: u64,
     /// Round in which the current fast recovery began; back-to-back episodes (a new one in
@@ -404,6 +406,7 @@ impl Bbr {
             cycle_stamp: now,
             bw_probe_wait: Duration::ZERO,
             is_loss_in_round: false,
+            lost_in_round: 0,
             loss_events_in_round: 0,
             drain_start_round: 0,
             recovery_start_round: 0,
@@ -887,6 +890,7 @@ impl CongestionControl for Bbr {
         }
         self.pending_event_loss = false;
         self.lost = self.lost.saturating_add(lost_now);
+        self.lost_in_round = self.lost_in_round.saturating_add(lost_now);
 
         if !self.has_seen_rtt && ack.srtt > Duration::ZERO {
             self.has_seen_rtt = true;
