@@ -94,6 +94,10 @@ pub struct Common {
     /// Seconds between counter lines.
     #[arg(long, default_value_t = 5)]
     pub stats_interval: u64,
+    /// Microseconds a core keeps busy-polling after its last work before it sleeps (0..=1000000):
+    /// lower it on machines whose cores are shared with other work.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub idle_spin: u64,
     /// Congestion control: cubic or newreno.
     #[arg(long, default_value = "cubic")]
     pub cc: String,
@@ -141,6 +145,7 @@ impl Common {
         c.rmem(rmem)
             .and_then(|c| c.wmem(wmem))
             .map_err(|e| e.to_string())?;
+        c.idle_spin(Duration::from_micros(self.idle_spin));
         if let Some(gw) = self.gateway {
             c.gateway(gw);
         }
@@ -198,16 +203,15 @@ where
     })
 }
 
-/// Runs a started stack until SIGINT/SIGTERM, printing a counter line every `interval` unless quiet,
-/// and answering `longhaul stat` on the control socket (removed again on the way out).
-pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> String) -> ExitCode {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("longhaul: cannot install a signal handler: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
+/// Runs `body` while a thread answers `longhaul stat` on the control socket (`--control`, the
+/// default path, or none with `--no-control`); the socket is removed again afterwards. Fails only
+/// when an explicit `--control` path cannot be bound. Sets `stop` when `body` returns.
+pub fn with_control<R>(
+    stack: &Stack,
+    common: &Common,
+    stop: &AtomicBool,
+    body: impl FnOnce() -> R,
+) -> Result<R, ExitCode> {
     let endpoint = if common.no_control {
         None
     } else if let Some(path) = &common.control {
@@ -215,8 +219,7 @@ pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> Strin
             Ok(ep) => Some(ep),
             Err(e) => {
                 eprintln!("longhaul: --control: {e}");
-                stack.stop();
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         }
     } else {
@@ -229,9 +232,8 @@ pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> Strin
             }
         }
     };
-    let code = std::thread::scope(|s| {
+    let r = std::thread::scope(|s| {
         if let Some(ep) = &endpoint {
-            let (stack, stop) = (&stack, &*stop);
             let spawned = std::thread::Builder::new()
                 .name("longhaul-control".into())
                 .spawn_scoped(s, move || ep.serve(stack, stop));
@@ -239,12 +241,34 @@ pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> Strin
                 eprintln!("longhaul: cannot start the control thread: {e}");
             }
         }
-        let code = run_loop(&stack, common, extra, &stop);
+        let r = body();
         // Ends the control thread too (it looks at the flag every 50 ms).
         stop.store(true, Ordering::Relaxed);
-        code
+        r
     });
     drop(endpoint);
+    Ok(r)
+}
+
+/// Runs a started stack until SIGINT/SIGTERM, printing a counter line every `interval` unless quiet,
+/// and answering `longhaul stat` on the control socket (removed again on the way out).
+pub fn run_until_signal(stack: Stack, common: &Common, extra: &dyn Fn() -> String) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("longhaul: cannot install a signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let code = match with_control(&stack, common, &stop, || {
+        run_loop(&stack, common, extra, &stop)
+    }) {
+        Ok(code) => code,
+        Err(code) => {
+            stack.stop();
+            return code;
+        }
+    };
     if let Some(code) = code {
         return code;
     }

@@ -221,7 +221,8 @@ fn client_main(args: ClientArgs) -> ExitCode {
     }
     // The app bounds every phase itself; this is a last resort.
     let deadline = Instant::now() + Duration::from_secs(args.time + 90);
-    let outcome = loop {
+    let ctl_stop = AtomicBool::new(false);
+    let waited = crate::with_control(&stack, &args.common, &ctl_stop, || loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(o) => break Some(o),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -229,6 +230,13 @@ fn client_main(args: ClientArgs) -> ExitCode {
         }
         if stop.load(Ordering::Relaxed) || Instant::now() > deadline || !stack.is_running() {
             break None;
+        }
+    });
+    let outcome = match waited {
+        Ok(o) => o,
+        Err(code) => {
+            stack.stop();
+            return code;
         }
     };
     // Stopping lets the app send CLIENT_TERMINATE if the test was cut short.
