@@ -50,8 +50,12 @@ struct Measured {
 }
 
 fn run(cc: CcAlgorithm, seed: u64, bytes: u64) -> Measured {
+    let loss = std::env::var("LFN_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.01);
     let link = LinkConfig {
-        loss: 0.01,
+        loss,
         delay: RTT / 2,
         rate_bps: Some(RATE_BPS),
         queue_bytes: BDP_BYTES,
@@ -78,8 +82,23 @@ fn run(cc: CcAlgorithm, seed: u64, bytes: u64) -> Measured {
     // A stall detector, not a goal: a thousand times the ideal (2.4 virtual hours for 100 MB;
     // NewReno recovery without SACK needs about 150 times the ideal here).
     let bound = (ideal(bytes) * 1000).max(Duration::from_secs(600));
+    let trace = std::env::var_os("LFN_TRACE").is_some();
+    let mut next_trace = Duration::ZERO;
     let transfer = sim
         .drive_until(bound, |s| {
+            if trace && s.now() >= next_trace {
+                next_trace += Duration::from_millis(500);
+                let now = s.now();
+                if let Some(c) = s.client.io().all_info().first() {
+                    let t = &c.tcp;
+                    println!(
+                        "t={:.1} {} cwnd={} inflight={} pacing={} delivery={} rtt={} lost_rack={} rtx={} rto={} recov={} sndq={} rwnd={}",
+                        now.as_secs_f64(), c.cc_state, t.cwnd_bytes, t.in_flight_bytes, t.pacing_rate_bps,
+                        t.delivery_rate_bps, t.rtt_us, t.lost_rack, t.retransmits_total, t.rto_count,
+                        t.recoveries, c.send_queue, t.snd_wnd
+                    );
+                }
+            }
             let r = &s.server.app().report;
             r.received == bytes || r.first_bad_byte.is_some() || !r.errors.is_empty()
         })
@@ -155,4 +174,12 @@ fn lfn_250ms_1pct_loss_newreno_baseline() {
     let wall = Instant::now();
     let m = run(CcAlgorithm::NewReno, 1, bytes);
     report("newreno", bytes, &m, wall.elapsed());
+}
+
+#[test]
+fn lfn_250ms_1pct_loss_bbr() {
+    let bytes = bytes();
+    let wall = Instant::now();
+    let m = run(CcAlgorithm::Bbr, 1, bytes);
+    report("bbr", bytes, &m, wall.elapsed());
 }
