@@ -167,100 +167,146 @@ fn stun_without_nat_maps_to_our_own_address() {
     assert!(responses(&out) >= 3, "{out:?}");
 }
 
+fn ok(o: std::process::Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Two namespaces and coturn. NAT namespace: the TAP's kernel side (198.18.0.1/24) is the private
+/// side, pub0 (198.19.0.1/24) the public one, forwarding on, UDP leaving pub0 masqueraded to a
+/// port range. Public namespace: coturn on 198.19.0.2 with no route back to 198.18.0.0/24, so only
+/// translated packets can be answered. Fields drop in order: coturn, then the namespaces.
+struct NatLab {
+    _coturn: Proc,
+    nat: Netns,
+    _public: Netns,
+    _scratch: Scratch,
+}
+
+impl NatLab {
+    fn new(ports: &std::ops::RangeInclusive<u16>) -> NatLab {
+        need_tool("nft", "nftables");
+        let nat = Netns::new("stun-nat");
+        let public = Netns::new("stun-pub");
+        ok(public.ip(&["link", "del", public.tap()]), "del tap");
+        ok(
+            nat.ip(&[
+                "link",
+                "add",
+                "pub0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "pub1",
+                "netns",
+                public.name(),
+            ]),
+            "veth",
+        );
+        let nat_cidr = format!("{NAT_PUBLIC_IP}/24");
+        let server_cidr = format!("{SERVER_IP}/24");
+        ok(nat.ip(&["addr", "add", &nat_cidr, "dev", "pub0"]), "addr");
+        ok(nat.ip(&["link", "set", "pub0", "up"]), "up");
+        ok(
+            public.ip(&["addr", "add", &server_cidr, "dev", "pub1"]),
+            "addr",
+        );
+        ok(public.ip(&["link", "set", "pub1", "up"]), "up");
+        ok(
+            nat.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
+            "ip_forward",
+        );
+        ok(nat.exec(&["nft", "add", "table", "ip", "nat"]), "nft table");
+        ok(
+            nat.exec(&[
+                "nft",
+                "add",
+                "chain",
+                "ip",
+                "nat",
+                "postrouting",
+                "{",
+                "type",
+                "nat",
+                "hook",
+                "postrouting",
+                "priority",
+                "100",
+                ";",
+                "}",
+            ]),
+            "nft chain",
+        );
+        let scratch = Scratch::new();
+        let coturn = start_coturn(&public, SERVER_IP, &scratch);
+        let lab = NatLab {
+            _coturn: coturn,
+            nat,
+            _public: public,
+            _scratch: scratch,
+        };
+        lab.masquerade_to(ports);
+        lab
+    }
+
+    /// Replaces the masquerade rule: UDP out of pub0 gets the NAT's address and a port in `ports`.
+    fn masquerade_to(&self, ports: &std::ops::RangeInclusive<u16>) {
+        let nat = &self.nat;
+        ok(
+            nat.exec(&["nft", "flush", "chain", "ip", "nat", "postrouting"]),
+            "nft flush",
+        );
+        let to = format!(":{}-{}", ports.start(), ports.end());
+        ok(
+            nat.exec(&[
+                "nft",
+                "add",
+                "rule",
+                "ip",
+                "nat",
+                "postrouting",
+                "oifname",
+                "pub0",
+                "ip",
+                "protocol",
+                "udp",
+                "counter",
+                "masquerade",
+                "to",
+                &to,
+            ]),
+            "nft rule",
+        );
+    }
+
+    /// Packets the masquerade rule has translated (the first of each new flow).
+    fn masquerade_count(&self) -> u64 {
+        let list = self
+            .nat
+            .exec(&["nft", "list", "chain", "ip", "nat", "postrouting"]);
+        let text = String::from_utf8_lossy(&list.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {text}"))
+    }
+}
+
 #[test]
 fn stun_behind_nat_maps_to_the_nat_public_side() {
     if !root_or_skip("stun_behind_nat_maps_to_the_nat_public_side") {
         return;
     }
-    need_tool("nft", "nftables");
-    // NAT namespace: the TAP's kernel side (198.18.0.1/24) is the private side, pub0
-    // (198.19.0.1/24) the public one. Public namespace: coturn on 198.19.0.2, with no route back to
-    // 198.18.0.0/24, so only translated packets can be answered.
-    let nat = Netns::new("stun-nat");
-    let public = Netns::new("stun-pub");
-    let out = public.ip(&["link", "del", public.tap()]);
-    assert!(out.status.success(), "{out:?}");
-    let ok = |o: std::process::Output, what: &str| {
-        assert!(
-            o.status.success(),
-            "{what}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-    ok(
-        nat.ip(&[
-            "link",
-            "add",
-            "pub0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pub1",
-            "netns",
-            public.name(),
-        ]),
-        "veth",
-    );
-    let nat_cidr = format!("{NAT_PUBLIC_IP}/24");
-    let server_cidr = format!("{SERVER_IP}/24");
-    ok(nat.ip(&["addr", "add", &nat_cidr, "dev", "pub0"]), "addr");
-    ok(nat.ip(&["link", "set", "pub0", "up"]), "up");
-    ok(
-        public.ip(&["addr", "add", &server_cidr, "dev", "pub1"]),
-        "addr",
-    );
-    ok(public.ip(&["link", "set", "pub1", "up"]), "up");
-    ok(
-        nat.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
-        "ip_forward",
-    );
-    let ports = format!(":{}-{}", NAT_PORTS.start(), NAT_PORTS.end());
-    for rule in [
-        vec!["add", "table", "ip", "nat"],
-        vec![
-            "add",
-            "chain",
-            "ip",
-            "nat",
-            "postrouting",
-            "{",
-            "type",
-            "nat",
-            "hook",
-            "postrouting",
-            "priority",
-            "100",
-            ";",
-            "}",
-        ],
-        vec![
-            "add",
-            "rule",
-            "ip",
-            "nat",
-            "postrouting",
-            "oifname",
-            "pub0",
-            "ip",
-            "protocol",
-            "udp",
-            "counter",
-            "masquerade",
-            "to",
-            &ports,
-        ],
-    ] {
-        let mut cmd = vec!["nft"];
-        cmd.extend(rule);
-        ok(nat.exec(&cmd), "nft");
-    }
-    let scratch = Scratch::new();
-    let _coturn = start_coturn(&public, SERVER_IP, &scratch);
+    let lab = NatLab::new(&NAT_PORTS);
     let server = format!("{SERVER_IP}:3478");
     let (status, out, err) = run_stun(
-        &nat,
+        &lab.nat,
         &[
             "--gateway",
             "198.18.0.1",
@@ -292,17 +338,88 @@ fn stun_behind_nat_maps_to_the_nat_public_side() {
         "a port from the masquerade range, not our 50002: {m}"
     );
     assert!(responses(&out) >= 3, "{out:?}");
-    // And the NAT really translated them: the rule's counter saw the requests.
-    let list = nat.exec(&["nft", "list", "chain", "ip", "nat", "postrouting"]);
-    let text = String::from_utf8_lossy(&list.stdout);
-    let packets: u64 = text
-        .split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {text}"));
-    // conntrack runs the NAT rule once per flow: one (or more, after a timeout) new mapping.
-    assert!(packets >= 1, "{text}");
+    // The NAT really translated them: the rule saw the flow (once: conntrack keeps the mapping).
+    assert!(lab.masquerade_count() >= 1);
+}
+
+#[test]
+fn stun_reports_a_new_mapping_after_the_nat_rebinds() {
+    if !root_or_skip("stun_reports_a_new_mapping_after_the_nat_rebinds") {
+        return;
+    }
+    let lab = NatLab::new(&NAT_PORTS);
+    // UDP mappings expire after 1 s idle, the keepalive comes every 2 s: each keepalive finds the
+    // mapping gone, and once the rule says so, gets a port from another range.
+    ok(
+        lab.nat.exec(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_udp_timeout=1",
+        ]),
+        "udp timeout",
+    );
+    ok(
+        lab.nat.exec(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_udp_timeout_stream=1",
+        ]),
+        "udp stream timeout",
+    );
+    let server = format!("{SERVER_IP}:3478");
+    let proc = lab.nat.spawn_longhaul(
+        "stun",
+        &[
+            "--gateway",
+            "198.18.0.1",
+            "--server",
+            &server,
+            "--interval",
+            "2s",
+            "--timeout",
+            "10s",
+        ],
+    );
+    let found = |p: &Proc, want: &dyn Fn(&[SocketAddrV4]) -> bool| {
+        common::wait_for(Duration::from_secs(20), || {
+            want(&mapped_addresses(&p.stdout_lines()))
+        })
+    };
+    assert!(
+        found(&proc, &|m| !m.is_empty()),
+        "no mapping: {:?} {}",
+        proc.stdout_lines(),
+        proc.stderr()
+    );
+    let first = mapped_addresses(&proc.stdout_lines())[0];
+    assert!(NAT_PORTS.contains(&first.port()), "{first}");
+    let other_ports = 62000..=62009;
+    lab.masquerade_to(&other_ports);
+    assert!(
+        found(&proc, &|m| m
+            .last()
+            .is_some_and(|a| other_ports.contains(&a.port()))),
+        "no new mapping reported: {:?} {}",
+        proc.stdout_lines(),
+        proc.stderr()
+    );
+    let lines = proc.stdout_lines();
+    let mapped = mapped_addresses(&lines);
+    let (before, after) = (mapped[mapped.len() - 2], mapped[mapped.len() - 1]);
+    assert_eq!(*after.ip(), NAT_PUBLIC_IP);
+    let change = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("mapped address: "))
+        .expect("a mapped address line");
+    assert_eq!(
+        change,
+        &format!("mapped address: {after} (changed from {before})")
+    );
+    let status = proc.stop();
+    assert!(status.success(), "SIGTERM ends it with 0: {status}");
 }
 
 #[test]
