@@ -17,6 +17,16 @@
 //! that gets no answer within Rm·RTO starts a new discovery at once. A failed discovery is retried
 //! one interval later. Every request has a fresh random 96-bit transaction ID (ring's system RNG).
 //!
+//! Sharing a socket with QUIC (the tunnel), per received datagram and after any input:
+//! ```text
+//! if !stun.handle_datagram(now, &buf[..n]) { /* QUIC's: quinn endpoint.handle(..) */ }
+//! while let Some((to, bytes)) = stun.poll_transmit(now) { io.udp_send(udp, bytes, to) }
+//! while let Some(ev) = stun.poll_event() { /* MappedAddressChanged → log / stats */ }
+//! io.set_wakeup(min(quic_timeout, stun.poll_timeout()))
+//! ```
+//! QUIC packets have the fixed bit (0x40) set, so their first byte is never 0..=3; a peer that
+//! greases that bit (RFC 9287) would also need the 32-bit cookie in bytes 4..8 to be taken for STUN.
+//!
 //! Work per call is bounded (one datagram parsed, at most one request written); nothing panics on
 //! any input.
 
@@ -253,6 +263,8 @@ impl StunClient {
             Some(at) if at <= now => {}
             _ => return None,
         }
+        //= rfc8489#section-6.2.1: retransmit after RTO, doubling, until Rc requests were sent; the
+        //= transaction fails Rm·RTO after the last one. Retransmissions reuse the transaction ID.
         t.sent += 1;
         t.last_sent = now;
         if t.sent > 1 {
@@ -289,6 +301,8 @@ impl StunClient {
                 return true;
             }
         };
+        //= rfc8489#section-6.3: a response is matched to its request by the transaction ID;
+        //= indications and requests are not answers.
         if repr.transaction_id != t.id
             || repr.method != BINDING
             || !matches!(repr.class, Class::Success | Class::Error)

@@ -659,6 +659,8 @@ impl<'a> MessageRepr<'a> {
             if r.has_fingerprint {
                 return Err(Error::AttributeAfterFingerprint);
             }
+            //= rfc8489#section-14.7: FINGERPRINT is the last attribute; a mismatch means the
+            //= message is not STUN (or was damaged), so it is rejected.
             match a.kind {
                 attr::FINGERPRINT => {
                     if a.value.len() != 4 {
