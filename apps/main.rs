@@ -9,6 +9,7 @@ mod netem;
 mod perf;
 mod proxy;
 mod stat;
+mod stun;
 
 use clap::{Args, Parser, Subcommand};
 use longhaul::stack::parse_size;
@@ -47,6 +48,8 @@ enum AppCmd {
     Perf(perf::PerfArgs),
     /// Per-connection TCP state of a running instance, like `ss -ti` (or JSON).
     Stat(stat::StatArgs),
+    /// STUN (RFC 8489) client: learns and prints the public address and port of a UDP port.
+    Stun(stun::StunArgs),
 }
 
 /// Flags every app takes.
@@ -337,5 +340,6 @@ fn main() -> ExitCode {
         AppCmd::Netem(args) => netem::main(args),
         AppCmd::Perf(args) => perf::main(args),
         AppCmd::Stat(args) => stat::main(args),
+        AppCmd::Stun(args) => stun::main(args),
     }
 }

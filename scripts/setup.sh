@@ -12,6 +12,8 @@ pkgs=(iproute2 iputils-ping iperf3 tcpdump curl wrk procps psmisc pkg-config gcc
 # The DPDK backend (feature dpdk): headers and PMDs, testpmd, libclang for bindgen; ethtool for its
 # af_packet tests (kernel offloads off on the veth peer).
 pkgs+=(libdpdk-dev dpdk dpdk-dev libclang-dev ethtool)
+# tests/stun.rs: coturn as the STUN server, nftables for the NAT namespace's masquerade.
+pkgs+=(coturn nftables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
