@@ -9,6 +9,7 @@ mod netem;
 mod perf;
 mod proxy;
 mod stat;
+mod tunnel;
 
 use clap::{Args, Parser, Subcommand};
 use longhaul::stack::parse_size;
@@ -47,6 +48,8 @@ enum AppCmd {
     Perf(perf::PerfArgs),
     /// Per-connection TCP state of a running instance, like `ss -ti` (or JSON).
     Stat(stat::StatArgs),
+    /// TCP over QUIC between two longhaul relays: `tunnel server` and `tunnel client`.
+    Tunnel(tunnel::TunnelArgs),
 }
 
 /// Flags every app takes.
@@ -313,5 +316,6 @@ fn main() -> ExitCode {
         AppCmd::Netem(args) => netem::main(args),
         AppCmd::Perf(args) => perf::main(args),
         AppCmd::Stat(args) => stat::main(args),
+        AppCmd::Tunnel(args) => tunnel::main(args),
     }
 }
