@@ -265,7 +265,7 @@ fn count_then_reply(mut s: TcpStream) {
             Err(_) => return,
         }
     }
-    let _ = write!(s, "got {total}\n");
+    let _ = writeln!(s, "got {total}");
     let mut tail = vec![0u8; 200_000];
     fill_pattern(9, 0, &mut tail);
     let _ = s.write_all(&tail);
