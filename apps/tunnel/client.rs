@@ -1,6 +1,7 @@
 //! The client end: TCP accepted on a port, each connection carried on its own bidirectional
 //! stream of one QUIC connection to the server, which is re-made with back-off when it is lost.
 
+use super::datagram::ClientSide;
 use super::quic::Quic;
 use super::relay::{self, Key, Relay};
 use super::tls::{PinReport, Trust};
@@ -29,6 +30,7 @@ pub struct Settings {
     pub trust: Trust,
     pub report: Arc<Mutex<PinReport>>,
     pub udp_port: Option<u16>,
+    pub udp_listen: Option<u16>,
     /// The STUN server. The STUN client (Binding requests on this core's QUIC socket,
     /// [`Quic::udp`], so the NAT mapping is the tunnel's; responses arrive in
     /// [`Client::stun_datagram`]) is wired in by the integrator from apps/stun.rs.
@@ -54,6 +56,7 @@ pub struct Client {
     backoff: Duration,
     attempts: u64,
     waiting: VecDeque<ConnId>,
+    dgram: Option<ClientSide>,
     /// The public address STUN learnt (set by the integrator's STUN client).
     #[allow(dead_code)]
     pub public_addr: Option<SocketAddrV4>,
@@ -76,6 +79,7 @@ impl Client {
             backoff: BACKOFF_MIN,
             attempts: 0,
             waiting: VecDeque::new(),
+            dgram: None,
             public_addr: None,
         }
     }
@@ -142,6 +146,11 @@ impl Client {
                 }
                 quinn_proto::Event::Stream(StreamEvent::Available { dir: Dir::Bi }) => {
                     self.open_waiting(io);
+                }
+                quinn_proto::Event::DatagramReceived => {
+                    if let Some(d) = self.dgram.as_mut() {
+                        d.from_tunnel(io, conn);
+                    }
                 }
                 quinn_proto::Event::ConnectionLost { reason } => self.lost(io, ch, &reason),
                 _ => {}
@@ -289,6 +298,17 @@ impl App for Client {
                 .fail("longhaul tunnel client: no free UDP port for QUIC (try --udp-port)");
             return;
         };
+        if let Some(p) = self.s.udp_listen {
+            match io.udp_bind(p) {
+                Ok(u) => self.dgram = Some(ClientSide::new(u)),
+                Err(e) => {
+                    self.s.status.fail(&format!(
+                        "longhaul tunnel client: cannot bind --udp-listen {p}: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
         self.quic = Some(Quic::new(io, udp, None));
         self.connect(io);
         self.flush(io);
@@ -296,10 +316,19 @@ impl App for Client {
 
     fn on_event(&mut self, io: &mut Io, event: Event) {
         match event {
-            Event::UdpReadable(_) => {
+            Event::UdpReadable(udp) => {
                 let Some(q) = self.quic.as_mut() else {
                     return;
                 };
+                if let Some(d) = self.dgram.as_mut().filter(|d| d.udp == udp) {
+                    let conn = match self.link {
+                        Link::Up(ch) => q.conns.get_mut(&ch),
+                        _ => None,
+                    };
+                    d.from_local(io, conn);
+                    self.flush(io);
+                    return;
+                }
                 let stun_on = self.s.stun.is_some();
                 let mut stun_inbox: Vec<(Vec<u8>, SocketAddrV4)> = Vec::new();
                 let got = q.receive(io, &|d| stun_on && looks_like_stun(d), &mut |d, from| {
@@ -363,8 +392,16 @@ impl App for Client {
                 self.flush(io);
             }
         }
+        if let Some(d) = self.dgram.as_mut() {
+            d.expire(io.now());
+        }
         if let Some(q) = self.quic.as_ref() {
-            super::publish(&self.s.status.cores[self.core], q, &self.relay);
+            super::publish(
+                &self.s.status.cores[self.core],
+                q,
+                &self.relay,
+                self.dgram.as_ref().map(|d| &d.counters),
+            );
         }
     }
 

@@ -28,6 +28,7 @@
 //!   unless the port spreads flows so that a client's datagrams stay on one core.
 
 mod client;
+mod datagram;
 mod quic;
 mod relay;
 mod server;
@@ -94,6 +95,9 @@ struct ServerArgs {
     /// Private key (PEM) for --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Relay QUIC datagrams (from `tunnel client --udp-listen`) to this UDP IP:PORT.
+    #[arg(long)]
+    udp_target: Option<SocketAddrV4>,
     /// Streams a client may have open at once.
     #[arg(long, default_value_t = 1024)]
     max_streams: u32,
@@ -120,6 +124,9 @@ struct ClientArgs {
     /// Name to verify the certificate against with --ca (default: the server's IP).
     #[arg(long)]
     server_name: Option<String>,
+    /// Accept UDP on this port and relay it as QUIC datagrams (to the server's --udp-target).
+    #[arg(long)]
+    udp_listen: Option<u16>,
     /// Local UDP port for QUIC (default: picked at random, one per core).
     #[arg(long)]
     udp_port: Option<u16>,
@@ -144,10 +151,18 @@ pub struct CoreStatus {
     pub bytes_down: AtomicU64,
     pub dropped: AtomicU64,
     pub reconnects: AtomicU64,
+    pub udp_sent: AtomicU64,
+    pub udp_received: AtomicU64,
+    pub udp_dropped: AtomicU64,
 }
 
 /// Publishes one core's numbers: the worst RTT, summed windows and counters.
-fn publish(s: &CoreStatus, q: &quic::Quic, r: &relay::Relay) {
+fn publish(
+    s: &CoreStatus,
+    q: &quic::Quic,
+    r: &relay::Relay,
+    d: Option<&datagram::DatagramCounters>,
+) {
     let (mut rtt, mut cwnd, mut lost, mut sent) = (0u64, 0u64, 0u64, 0u64);
     for c in q.conns.values() {
         let st = c.stats();
@@ -168,6 +183,11 @@ fn publish(s: &CoreStatus, q: &quic::Quic, r: &relay::Relay) {
     set(&s.streams_reset, r.counters.streams_reset);
     set(&s.bytes_up, r.counters.bytes_up);
     set(&s.bytes_down, r.counters.bytes_down);
+    if let Some(d) = d {
+        set(&s.udp_sent, d.sent);
+        set(&s.udp_received, d.received);
+        set(&s.udp_dropped, d.dropped);
+    }
 }
 
 /// Every core's counters, and whether a core hit an error that must end the process.
@@ -208,7 +228,7 @@ impl Status {
             .max()
             .unwrap_or(0);
         format!(
-            " | tunnel conns {} rtt {:.1}ms cwnd {} lost {} sent {} streams {} total {} reset {} bytes up {} down {} dropped {} reconnects {}",
+            " | tunnel conns {} rtt {:.1}ms cwnd {} lost {} sent {} streams {} total {} reset {} bytes up {} down {} dropped {} reconnects {} | udp sent {} recv {} dropped {}",
             sum(|c| &c.conns),
             rtt as f64 / 1000.0,
             sum(|c| &c.cwnd),
@@ -221,6 +241,9 @@ impl Status {
             sum(|c| &c.bytes_down),
             sum(|c| &c.dropped),
             sum(|c| &c.reconnects),
+            sum(|c| &c.udp_sent),
+            sum(|c| &c.udp_received),
+            sum(|c| &c.udp_dropped),
         )
     }
 }
@@ -361,9 +384,9 @@ fn server_main(mut a: ServerArgs) -> ExitCode {
     let sc = Arc::new(sc);
     let status = Status::new(a.common.cores);
     let st = status.clone();
-    let (port, target) = (a.listen, a.target);
+    let (port, target, udp_target) = (a.listen, a.target, a.udp_target);
     let stack = match crate::start_stack("tunnel server", cfg, move |core| {
-        server::Server::new(port, target, sc.clone(), st.clone(), core)
+        server::Server::new(port, target, udp_target, sc.clone(), st.clone(), core)
     }) {
         Ok(s) => s,
         Err(code) => return code,
@@ -387,8 +410,11 @@ fn server_main(mut a: ServerArgs) -> ExitCode {
 }
 
 fn client_main(mut a: ClientArgs) -> ExitCode {
-    if a.listen == 0 {
-        return fail("client", "bad --listen 0: use a TCP port from 1 to 65535");
+    if a.listen == 0 || a.udp_listen == Some(0) {
+        return fail(
+            "client",
+            "bad --listen/--udp-listen 0: use a port from 1 to 65535",
+        );
     }
     let trust = match (&a.pin, &a.ca) {
         (Some(p), None) => match tls::Fingerprint::parse(p) {
@@ -435,6 +461,7 @@ fn client_main(mut a: ClientArgs) -> ExitCode {
         trust,
         report,
         udp_port: a.udp_port,
+        udp_listen: a.udp_listen,
         stun: a.stun,
         status: status.clone(),
     });

@@ -268,7 +268,6 @@ impl Quic {
 
     /// The socket this endpoint uses (for the integrator's STUN client: same socket, same NAT
     /// mapping).
-    #[allow(dead_code)]
     pub fn udp(&self) -> UdpId {
         self.udp
     }

@@ -1,6 +1,7 @@
 //! The server end: QUIC on a UDP port, each incoming bidirectional stream connected to the
 //! target over longhaul TCP.
 
+use super::datagram::ServerSide;
 use super::quic::Quic;
 use super::relay::{self, Key, Relay};
 use super::Status;
@@ -17,12 +18,14 @@ pub struct Server {
     core: usize,
     quic: Option<Quic>,
     relay: Relay,
+    dgram: ServerSide,
 }
 
 impl Server {
     pub fn new(
         port: u16,
         target: SocketAddrV4,
+        udp_target: Option<SocketAddrV4>,
         config: Arc<ServerConfig>,
         status: Arc<Status>,
         core: usize,
@@ -35,6 +38,7 @@ impl Server {
             core,
             quic: None,
             relay: Relay::new(),
+            dgram: ServerSide::new(udp_target),
         }
     }
 
@@ -68,6 +72,9 @@ impl Server {
                 quinn_proto::Event::Stream(StreamEvent::Stopped { id, .. }) => {
                     self.relay
                         .abort(io, Some(conn), (ch, id), relay::code::RESET);
+                }
+                quinn_proto::Event::DatagramReceived => {
+                    self.dgram.from_tunnel(io, ch, conn);
                 }
                 quinn_proto::Event::ConnectionLost { reason } => {
                     println!(
@@ -118,10 +125,15 @@ impl App for Server {
 
     fn on_event(&mut self, io: &mut Io, event: Event) {
         match event {
-            Event::UdpReadable(_) => {
+            Event::UdpReadable(udp) => {
                 let Some(q) = self.quic.as_mut() else {
                     return;
                 };
+                if udp != q.udp() {
+                    self.dgram.from_target(io, udp, &mut q.conns);
+                    self.flush(io);
+                    return;
+                }
                 let got = q.receive(io, &|_| false, &mut |_, _| {});
                 for ch in got.touched {
                     self.poll_conn(io, ch);
@@ -163,9 +175,15 @@ impl App for Server {
         self.flush(io);
     }
 
-    fn on_tick(&mut self, _io: &mut Io) {
+    fn on_tick(&mut self, io: &mut Io) {
         if let Some(q) = self.quic.as_ref() {
-            super::publish(&self.status.cores[self.core], q, &self.relay);
+            self.dgram.expire(io, &q.conns);
+            super::publish(
+                &self.status.cores[self.core],
+                q,
+                &self.relay,
+                Some(&self.dgram.counters),
+            );
         }
     }
 
