@@ -149,7 +149,7 @@ impl Client {
                 }
                 quinn_proto::Event::DatagramReceived => {
                     if let Some(d) = self.dgram.as_mut() {
-                        d.from_tunnel(io, conn);
+                        d.relay_tunnel(io, conn);
                     }
                 }
                 quinn_proto::Event::ConnectionLost { reason } => self.lost(io, ch, &reason),
@@ -325,7 +325,7 @@ impl App for Client {
                         Link::Up(ch) => q.conns.get_mut(&ch),
                         _ => None,
                     };
-                    d.from_local(io, conn);
+                    d.relay_local(io, conn);
                     self.flush(io);
                     return;
                 }

@@ -81,7 +81,7 @@ impl ClientSide {
     }
 
     /// Local datagrams into the tunnel (`conn` is `None` while there is no tunnel: dropped).
-    pub fn from_local(&mut self, io: &mut Io, mut conn: Option<&mut Connection>) {
+    pub fn relay_local(&mut self, io: &mut Io, mut conn: Option<&mut Connection>) {
         let now = io.now();
         while let Ok((n, from)) = io.udp_recv(self.udp, &mut self.buf) {
             let Some(conn) = conn.as_deref_mut() else {
@@ -116,7 +116,7 @@ impl ClientSide {
     }
 
     /// Datagrams from the tunnel back to their local senders.
-    pub fn from_tunnel(&mut self, io: &mut Io, conn: &mut Connection) {
+    pub fn relay_tunnel(&mut self, io: &mut Io, conn: &mut Connection) {
         let now = io.now();
         while let Some(d) = conn.datagrams().recv() {
             self.counters.received += 1;
@@ -177,7 +177,7 @@ impl ServerSide {
     }
 
     /// Datagrams from the tunnel to the target.
-    pub fn from_tunnel(&mut self, io: &mut Io, ch: ConnectionHandle, conn: &mut Connection) {
+    pub fn relay_tunnel(&mut self, io: &mut Io, ch: ConnectionHandle, conn: &mut Connection) {
         let now = io.now();
         while let Some(d) = conn.datagrams().recv() {
             self.counters.received += 1;
@@ -219,7 +219,7 @@ impl ServerSide {
     }
 
     /// Replies from the target on flow socket `udp` back into the tunnel.
-    pub fn from_target(
+    pub fn relay_target(
         &mut self,
         io: &mut Io,
         udp: UdpId,

@@ -74,7 +74,7 @@ impl Server {
                         .abort(io, Some(conn), (ch, id), relay::code::RESET);
                 }
                 quinn_proto::Event::DatagramReceived => {
-                    self.dgram.from_tunnel(io, ch, conn);
+                    self.dgram.relay_tunnel(io, ch, conn);
                 }
                 quinn_proto::Event::ConnectionLost { reason } => {
                     println!(
@@ -130,7 +130,7 @@ impl App for Server {
                     return;
                 };
                 if udp != q.udp() {
-                    self.dgram.from_target(io, udp, &mut q.conns);
+                    self.dgram.relay_target(io, udp, &mut q.conns);
                     self.flush(io);
                     return;
                 }
