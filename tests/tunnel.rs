@@ -92,16 +92,18 @@ impl Lab {
             &listen,
             "--target",
             &target,
-            "--cert-dir",
-            &dir,
             "--stats-interval",
             "1",
             "--no-control",
         ];
+        if !extra.contains(&"--cert") {
+            cmd.extend_from_slice(&["--cert-dir", &dir]);
+        }
         cmd.extend_from_slice(extra);
         self.ns.spawn_marked(&cmd, "ready", Duration::from_secs(10))
     }
 
+    /// A client trusting the server by `--pin PIN`, or by `extra` (e.g. `--ca`) when `pin` is "".
     fn client(&self, pin: &str, extra: &[&str]) -> Proc {
         let bin = env!("CARGO_BIN_EXE_longhaul");
         let port = format!("tap:{}", self.client_tap);
@@ -121,12 +123,13 @@ impl Lab {
             &listen,
             "--server",
             &server,
-            "--pin",
-            pin,
             "--stats-interval",
             "1",
             "--no-control",
         ];
+        if !pin.is_empty() {
+            cmd.extend_from_slice(&["--pin", pin]);
+        }
         cmd.extend_from_slice(extra);
         self.ns.spawn_marked(&cmd, "ready", Duration::from_secs(10))
     }
@@ -719,4 +722,126 @@ fn udp_flows_travel_as_quic_datagrams_and_find_their_sender() {
         .unwrap_or(0);
     assert!(sent_count >= 2 * N as u64, "client udp counters: {line}");
     drop(server);
+}
+
+/// A CA and a server certificate it issued for "longhaul-tunnel", written as PEM files into
+/// `dir`: (ca.pem, server.pem, server.key).
+fn make_ca_and_server_cert(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["longhaul-tunnel".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// Opens `streams` bidirectional streams from a plain quinn endpoint (tokio, kernel UDP socket)
+/// to the tunnel server, sends the preamble and `len` pattern bytes on each, finishes, and
+/// returns what came back on each.
+fn quinn_round_trips(ca: &std::path::Path, streams: usize, len: usize) -> Vec<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"longhaul-tunnel/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let cfg = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut ep = quinn::Endpoint::client(SocketAddrV4::new(KERNEL_IP, 0).into()).unwrap();
+        ep.set_default_client_config(cfg);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ep.connect(
+                SocketAddrV4::new(STACK_IP, QUIC_PORT).into(),
+                "longhaul-tunnel",
+            )
+            .unwrap(),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake with the longhaul tunnel server");
+        let mut tasks = Vec::new();
+        for i in 0..streams {
+            let conn = conn.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                let mut data = vec![0u8; len];
+                fill_pattern(200 + i as u64, 0, &mut data);
+                send.write_all(&[0]).await.unwrap();
+                send.write_all(&data).await.unwrap();
+                send.finish().unwrap();
+                recv.read_to_end(64 << 20).await.unwrap()
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+        out
+    })
+}
+
+#[test]
+fn a_plain_quinn_endpoint_speaks_to_the_tunnel_server() {
+    if !root_or_skip("a_plain_quinn_endpoint_speaks_to_the_tunnel_server") {
+        return;
+    }
+    let lab = Lab::new("tunquinn");
+    kernel_server(&lab.ns, 8008, echo);
+    let (ca, cert, key) = make_ca_and_server_cert(&lab.cert_dir);
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let _server = lab.server(8008, &["--cert", &cert, "--key", &key]);
+    // The wire is plain QUIC: quinn on kernel sockets, trusting the CA, with our ALPN.
+    let back = lab.ns.run(|| quinn_round_trips(&ca, 3, 100_000));
+    let mut scratch = Vec::new();
+    for (i, b) in back.iter().enumerate() {
+        assert_eq!(b.len(), 100_000, "stream {i}");
+        assert_eq!(check_pattern(200 + i as u64, 0, b, &mut scratch), None);
+    }
+    // And the longhaul client trusts the same server through --ca.
+    let ca = ca.to_string_lossy().to_string();
+    let client = lab.client("", &["--ca", &ca, "--server-name", "longhaul-tunnel"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || count_lines(
+            &client,
+            "connected to"
+        ) >= 1),
+        "--ca client: {:?} {}",
+        client.stdout_lines(),
+        client.stderr()
+    );
+    let mut c = lab.connect();
+    c.write_all(b"via ca").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"via ca");
 }
