@@ -845,3 +845,71 @@ fn a_plain_quinn_endpoint_speaks_to_the_tunnel_server() {
     c.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"via ca");
 }
+
+/// Writes pattern bytes until the connection breaks.
+fn endless(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    fill_pattern(3, 0, &mut buf);
+    while s.write_all(&buf).is_ok() {}
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_grow_either_end() {
+    if !root_or_skip("a_client_that_stops_reading_does_not_grow_either_end") {
+        return;
+    }
+    let lab = Lab::new("tunslow");
+    kernel_server(&lab.ns, 8009, endless);
+    let small = [
+        "--rmem",
+        "1M",
+        "--wmem",
+        "1M",
+        "--stream-window",
+        "1M",
+        "--conn-window",
+        "2M",
+    ];
+    let (server, client) = lab.pair(8009, &small);
+    let pids = [server.pid(), client.pid()];
+    let before: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    let mut c = lab.connect();
+    let mut first = [0u8; 1024];
+    c.read_exact(&mut first).expect("data flows at first");
+    // From now on the TCP client reads nothing: QUIC flow control must stop the server's reads
+    // from the target, so neither end may hold more than its windows and buffers.
+    std::thread::sleep(Duration::from_secs(2));
+    let mid: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    println!("RSS KiB (server, client): before {before:?}, after 2 s {mid:?}, after 4 s {after:?}");
+    for i in 0..2 {
+        // 1 MiB TCP buffers and a 2 MiB QUIC window per end, plus slack; nothing that grows.
+        assert!(
+            after[i] - before[i] < 16 * 1024,
+            "end {i} grew by {} KiB",
+            after[i] - before[i]
+        );
+        assert!(
+            after[i] <= mid[i] + 1024,
+            "end {i} still growing: {} → {} KiB",
+            mid[i],
+            after[i]
+        );
+    }
+    let line = last_status(&server);
+    assert!(
+        counter(&line, "up") < 8 << 20,
+        "the server kept reading the target: {line}"
+    );
+}
