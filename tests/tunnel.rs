@@ -456,6 +456,38 @@ fn a_target_reset_resets_the_tunnel_client() {
 }
 
 #[test]
+fn a_refused_target_resets_the_tunnel_client() {
+    if !root_or_skip("a_refused_target_resets_the_tunnel_client") {
+        return;
+    }
+    let lab = Lab::new("tunrefd");
+    // Nothing listens on 8099: the kernel answers the server's SYN with RST.
+    let (_server, client) = lab.pair(8099, &[]);
+    for i in 0..3 {
+        let mut c = lab.connect();
+        let mut buf = [0u8; 8];
+        // The reset may come before the write (which then reports it, and a read after it sees
+        // a closed socket) or after it.
+        let reset = match c.write_all(b"anyone?") {
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(()) => c
+                .read(&mut buf)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        };
+        assert!(
+            reset,
+            "connection {i} was not reset: {}",
+            last_status(&client)
+        );
+    }
+    assert_eq!(
+        count_lines(&client, "connected to"),
+        1,
+        "the tunnel stays up"
+    );
+}
+
+#[test]
 fn a_wrong_pin_ends_the_client_with_one_line() {
     if !root_or_skip("a_wrong_pin_ends_the_client_with_one_line") {
         return;
