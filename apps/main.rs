@@ -10,6 +10,7 @@ mod perf;
 mod proxy;
 mod stat;
 mod stun;
+mod tunnel;
 
 use clap::{Args, Parser, Subcommand};
 use longhaul::stack::parse_size;
@@ -50,6 +51,8 @@ enum AppCmd {
     Stat(stat::StatArgs),
     /// STUN (RFC 8489) client: learns and prints the public address and port of a UDP port.
     Stun(stun::StunArgs),
+    /// TCP over QUIC between two longhaul relays: `tunnel server` and `tunnel client`.
+    Tunnel(tunnel::TunnelArgs),
 }
 
 /// Flags every app takes.
@@ -341,5 +344,6 @@ fn main() -> ExitCode {
         AppCmd::Perf(args) => perf::main(args),
         AppCmd::Stat(args) => stat::main(args),
         AppCmd::Stun(args) => stun::main(args),
+        AppCmd::Tunnel(args) => tunnel::main(args),
     }
 }
