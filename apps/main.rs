@@ -104,7 +104,7 @@ pub struct Common {
     /// lower it on machines whose cores are shared with other work.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub idle_spin: u64,
-    /// Congestion control: cubic or newreno.
+    /// Congestion control: cubic, bbr or newreno (reno).
     #[arg(long, default_value = "cubic")]
     pub cc: String,
     /// Smallest retransmission timeout (e.g. 200ms, as Linux).

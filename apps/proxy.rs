@@ -10,6 +10,7 @@
 use crate::{run_until_signal, Common};
 use clap::{Args, ValueEnum};
 use longhaul::stack::{parse_size, MAX_BUFFER, MIN_BUFFER};
+use longhaul::stack::tcp::cc::CcAlgorithm;
 use longhaul::{App, ConnError, ConnId, ConnOptions, Event, Io};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -61,6 +62,12 @@ pub struct ProxyArgs {
     /// Send buffer of upstream legs (default: --wmem).
     #[arg(long)]
     upstream_wmem: Option<String>,
+    /// Congestion control of client legs: bbr, cubic or newreno (default: --cc).
+    #[arg(long)]
+    client_cc: Option<String>,
+    /// Congestion control of upstream legs — the long haul in a relay — bbr, cubic or newreno.
+    #[arg(long, default_value = "bbr")]
+    upstream_cc: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -481,6 +488,7 @@ impl App for Proxy {
 fn leg_options(
     rmem: &Option<String>,
     wmem: &Option<String>,
+    cc: &str,
     nodelay: bool,
 ) -> Result<ConnOptions, String> {
     let size = |s: &str| -> Result<usize, String> {
@@ -490,7 +498,8 @@ fn leg_options(
         }
         Ok(n)
     };
-    let mut o = ConnOptions::new().nodelay(nodelay);
+    let cc: CcAlgorithm = cc.parse().map_err(|e| format!("{e}"))?;
+    let mut o = ConnOptions::new().nodelay(nodelay).cc(cc);
     if let Some(r) = rmem {
         o = o.rmem(size(r)?);
     }
@@ -515,17 +524,24 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let client_opts = match leg_options(&args.client_rmem, &args.client_wmem, args.common.nodelay) {
+    let client_cc = args.client_cc.as_deref().unwrap_or(&args.common.cc);
+    let client_opts = match leg_options(
+        &args.client_rmem,
+        &args.client_wmem,
+        client_cc,
+        args.common.nodelay,
+    ) {
         Ok(o) => o,
-        Err(e) => return fail(format!("--client-rmem/--client-wmem: {e}")),
+        Err(e) => return fail(format!("--client-rmem/--client-wmem/--client-cc: {e}")),
     };
     let upstream_opts = match leg_options(
         &args.upstream_rmem,
         &args.upstream_wmem,
+        &args.upstream_cc,
         args.common.nodelay,
     ) {
         Ok(o) => o,
-        Err(e) => return fail(format!("--upstream-rmem/--upstream-wmem: {e}")),
+        Err(e) => return fail(format!("--upstream-rmem/--upstream-wmem/--upstream-cc: {e}")),
     };
     let upstreams = Arc::new(Upstreams {
         down_until_ms: args.upstream.iter().map(|_| AtomicU64::new(0)).collect(),

@@ -538,3 +538,95 @@ fn bad_leg_options_are_one_line_errors() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("--upstream-rmem"), "{err}");
 }
+
+/// The congestion control of every live connection of `pid`, by remote port: `longhaul stat
+/// --json` is what an operator would look at.
+fn leg_cc(pid: u32) -> Vec<(u16, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_longhaul"))
+        .args(["stat", "--pid", &pid.to_string(), "--json"])
+        .output()
+        .expect("run longhaul stat");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stat JSON");
+    let mut legs: Vec<(u16, String)> = v
+        .as_array()
+        .expect("a list of connections")
+        .iter()
+        .map(|c| {
+            let remote: SocketAddrV4 = c["remote"].as_str().unwrap().parse().unwrap();
+            (remote.port(), c["cc"].as_str().unwrap().to_string())
+        })
+        .collect();
+    legs.sort();
+    legs
+}
+
+#[test]
+fn each_leg_runs_its_own_congestion_control() {
+    if !root_or_skip("each_leg_runs_its_own_congestion_control") {
+        return;
+    }
+    let ns = Netns::new("pxcc");
+    kernel_server(&ns, 8031, echo);
+    kernel_server(&ns, 8032, echo);
+    // Defaults: client legs follow --cc (cubic), upstream legs run BBR.
+    let default = ns.spawn_longhaul(
+        "proxy",
+        &["--listen", "80", "--upstream", &upstream(8031), "--quiet"],
+    );
+    let mut c = connect(&ns);
+    echo_round_trip(&mut c, b"default legs");
+    let legs = leg_cc(default.pid());
+    assert!(legs.contains(&(8031, "bbr".into())), "{legs:?}");
+    assert!(
+        legs.iter().any(|(p, cc)| *p != 8031 && cc == "cubic"),
+        "{legs:?}"
+    );
+    drop(c);
+    drop(default);
+    // Both chosen explicitly.
+    let chosen = ns.spawn_longhaul(
+        "proxy",
+        &[
+            "--listen",
+            "81",
+            "--upstream",
+            &upstream(8032),
+            "--client-cc",
+            "bbr",
+            "--upstream-cc",
+            "newreno",
+            "--quiet",
+        ],
+    );
+    let mut c = ns.run(|| TcpStream::connect(SocketAddrV4::new(STACK_IP, 81)).expect("connect"));
+    echo_round_trip(&mut c, b"chosen legs");
+    let legs = leg_cc(chosen.pid());
+    assert!(legs.contains(&(8032, "newreno".into())), "{legs:?}");
+    assert!(
+        legs.iter().any(|(p, cc)| *p != 8032 && cc == "bbr"),
+        "{legs:?}"
+    );
+}
+
+#[test]
+fn an_unknown_leg_congestion_control_is_a_one_line_error() {
+    let out = Command::new("timeout")
+        .args(["10", env!("CARGO_BIN_EXE_longhaul")])
+        .args([
+            "proxy",
+            "--port",
+            "tap:x",
+            "--ip",
+            "198.18.0.2/24",
+            "--listen",
+            "80",
+        ])
+        .args(["--upstream", "198.18.0.1:80", "--upstream-cc", "vegas"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--upstream-cc") && err.contains("vegas"), "{err}");
+}
