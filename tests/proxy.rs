@@ -546,7 +546,11 @@ fn leg_cc(pid: u32) -> Vec<(u16, String)> {
         .args(["stat", "--pid", &pid.to_string(), "--json"])
         .output()
         .expect("run longhaul stat");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stat JSON");
     let mut legs: Vec<(u16, String)> = v
         .as_array()
@@ -628,5 +632,8 @@ fn an_unknown_leg_congestion_control_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("--upstream-cc") && err.contains("vegas"), "{err}");
+    assert!(
+        err.contains("--upstream-cc") && err.contains("vegas"),
+        "{err}"
+    );
 }

@@ -9,6 +9,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -335,6 +337,20 @@ impl Proc {
     }
 }
 
+/// Starts `longhaul ARGS` in the named namespace (one a lab made, not a [`Netns`]) and waits for
+/// its ready line; it is stopped when the returned [`Proc`] is dropped.
+pub fn spawn_in(ns: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(env!("CARGO_BIN_EXE_longhaul"))
+        .args(args);
+    Proc::start(
+        cmd,
+        Arc::new(Mutex::new(Vec::new())),
+        Duration::from_secs(10),
+    )
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.child.is_some() {
@@ -354,7 +370,11 @@ pub fn peer_cc_name() -> String {
 /// any algorithm the kernel has). Panics if the kernel refuses, so a run never silently tests
 /// another peer than it says.
 pub fn peer_cc(sock: &impl AsRawFd) {
-    let name = peer_cc_name();
+    set_cc(sock, &peer_cc_name());
+}
+
+/// Sets a kernel socket's congestion control (TCP_CONGESTION) to `name`; panics if refused.
+pub fn set_cc(sock: &impl AsRawFd, name: &str) {
     // SAFETY: setsockopt reads `name.len()` bytes from a live buffer.
     let rc = unsafe {
         libc::setsockopt(
