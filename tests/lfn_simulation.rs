@@ -2,8 +2,10 @@
 //! 1-BDP drop-tail queue and 1% random loss, every impairment on both directions as
 //! scripts/lfn-bench.sh builds it. A 100 MB transfer must arrive exactly once and in order; the
 //! virtual time it takes is printed beside the ideal the link rate allows. That time is the
-//! baseline the loss-recovery work (SACK, RACK-TLP, BBR) has to beat; the only timing assertion
-//! is a generous bound that catches a stall, never a performance goal.
+//! baseline the loss-recovery work (SACK, RACK-TLP, BBR) had to beat. The loss-based runs only
+//! assert a generous stall bound; the BBR run must finish within twice the link-rate ideal
+//! (virtual time, one seed: deterministic, not a timing assertion on a shared machine).
+//! `LFN_LOSS=<p>` changes the loss rate, `LFN_TRACE=1` prints the sender's state every 0.5 s.
 //!
 //! `cargo test --release --test lfn_simulation -- --nocapture` prints the figures;
 //! `LFN_BYTES=<n>` changes the size.
@@ -176,10 +178,21 @@ fn lfn_250ms_1pct_loss_newreno_baseline() {
     report("newreno", bytes, &m, wall.elapsed());
 }
 
+/// The goal for the loss-recovery work: with BBR (pacing, RACK-TLP, SACK), 100 MB over 250 ms
+/// with 1% random loss each way and a 1-BDP queue takes at most twice the link-rate ideal
+/// (`ideal()`: every frame serialised at 100 Mbit/s back to back, plus 1.5 RTT; 8.74 s for 100
+/// MB, so the bound is 17.5 s). Startup's overshoot into the queue, ProbeRTT and the tail's
+/// recovery are what separate it from the ideal (measured: 15.2 s, 52 Mbit/s average).
 #[test]
-fn lfn_250ms_1pct_loss_bbr() {
+fn lfn_250ms_1pct_loss_bbr_within_twice_the_ideal() {
     let bytes = bytes();
     let wall = Instant::now();
     let m = run(CcAlgorithm::Bbr, 1, bytes);
     report("bbr", bytes, &m, wall.elapsed());
+    let bound = ideal(bytes) * 2;
+    assert!(
+        m.transfer <= bound,
+        "BBR took {:.1?}, above the bound {bound:.1?} (2x the ideal)",
+        m.transfer
+    );
 }

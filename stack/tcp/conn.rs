@@ -1091,6 +1091,13 @@ impl Conn {
             self.peer_fin = Some(seg.seq + seg.len);
         }
         self.maybe_take_fin(now);
+        if seg.flags.fin && !self.fin_received {
+            //= rfc5681#section-4.2
+            // A FIN above a hole is out-of-order data too: ACK it at once, with SACK blocks
+            // (Linux queues it out of order and sends a duplicate ACK). A sender whose tail loss
+            // probe is the FIN learns about the hole from this ACK instead of its RTO.
+            self.ack_now = true;
+        }
         self.timestamp_update(seg);
         if self.ack_now {
             self.dack_at = None;
@@ -2353,10 +2360,25 @@ impl Conn {
             self.info.dsacks_out += 1;
             self.rcvbuf.clear_dsack();
         }
+        // A FIN held above a hole is SACKed with the data it ends (its sequence number is inside
+        // the block, as Linux's out-of-order queue reports it), so the sender sees its last
+        // segment delivered and can tell what before it was lost.
+        let fin_ooo = self.peer_fin.filter(|_| !self.fin_received);
+        let mut fin_told = false;
         let mut sack = SackBlocks::default();
         for &(l, r) in &blocks[..n] {
             let to_seq = |o: u64| self.rcv_nxt + (o.wrapping_sub(self.rcv_nxt_off) as u32);
-            sack.push(to_seq(l), to_seq(r));
+            let (l, mut r) = (to_seq(l), to_seq(r));
+            if fin_ooo == Some(r) {
+                r = r + 1;
+                fin_told = true;
+            }
+            sack.push(l, r);
+        }
+        if let (Some(f), false) = (fin_ooo, fin_told) {
+            if f != self.rcv_nxt && sack.len() < max {
+                sack.push(f, f + 1);
+            }
         }
         seg.opts.sack = sack;
     }

@@ -278,8 +278,8 @@ pub struct Sim<C: App, S: App> {
     spare: Vec<Vec<u8>>,
     times: Vec<Duration>,
     tick_wakes: bool,
-    /// Print every frame's fate (`SIM_TRACE=1`), for reading a failing seed.
-    trace: bool,
+    /// Print every frame's fate from this virtual time on (`SIM_TRACE`), for reading a failing seed.
+    trace_from: Option<Duration>,
 }
 
 impl<C: App, S: App> Sim<C, S> {
@@ -321,7 +321,10 @@ impl<C: App, S: App> Sim<C, S> {
             spare: Vec::new(),
             times: Vec::with_capacity(2),
             tick_wakes: cfg.tick_wakes,
-            trace: std::env::var_os("SIM_TRACE").is_some(),
+            // SIM_TRACE=1 traces everything; SIM_TRACE=<seconds> from that virtual time on.
+            trace_from: std::env::var("SIM_TRACE").ok().map(|v| {
+                Duration::from_secs_f64(v.parse::<f64>().ok().filter(|&s| s > 1.0).unwrap_or(0.0))
+            }),
         }
     }
 
@@ -387,7 +390,7 @@ impl<C: App, S: App> Sim<C, S> {
             for f in self.rx.drain(..) {
                 self.times.clear();
                 link.admit(self.now, f.data().len(), &mut self.times);
-                if self.trace {
+                if self.trace_from.is_some_and(|from| self.now >= from) {
                     let dir = if server { "s->c" } else { "c->s" };
                     let fate: Vec<String> = self.times.iter().map(|t| format!("{t:?}")).collect();
                     println!(
