@@ -1554,7 +1554,16 @@ impl Conn {
         // retransmission (it was sent for the original).
         if let Some(m) = self.undo.marker {
             let dsacked_all = self.undo.stamp.is_some() && self.undo.retrans == 0;
+            // The timestamp test waits for the ACK that ends the episode (Linux's
+            // tcp_try_undo_recovery / tcp_try_undo_loss): a partial ACK may echo an older
+            // segment's timestamp although a retransmission filled the hole (a Linux receiver
+            // only takes TS.Recent from a segment at or below its last advertised edge), and an
+            // undo on it re-entered BBR's startup after a high-loss exit (lab: 9 false undos in
+            // 12 s at 1e-3 loss, 4% retransmitted).
+            let episode_over = (self.in_recovery && self.snd_una.ge(self.recover))
+                || self.loss_high.is_some_and(|h| self.snd_una.ge(h));
             let eifel = advanced
+                && episode_over
                 && self.snd_una.gt(m)
                 && self
                     .undo
