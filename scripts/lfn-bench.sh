@@ -108,7 +108,12 @@ NETEM_PID=''
 # shellcheck disable=SC2206 # word splitting wanted
 LH_SENDER_FLAGS=(${LFN_LH_FLAGS:---rmem 64M --wmem 64M --nodelay} --quiet)
 # shellcheck disable=SC2206
-SENDERS=(${LFN_SENDERS:-cubic bbr longhaul})
+SENDERS=(${LFN_SENDERS:-cubic bbr longhaul-cubic longhaul-bbr})
+
+# Sender names: cubic and bbr are Linux's; longhaul-cubic and longhaul-bbr are longhaul with that
+# --cc (plain longhaul: LFN_LH_FLAGS as given).
+is_lh() { [[ $1 == longhaul* ]]; }
+lh_cc() { case $1 in longhaul-*) echo "${1#longhaul-}" ;; *) echo '' ;; esac; }
 
 cleanup() {
     local rc=$?
@@ -422,7 +427,8 @@ progress() { # label result-text
 
 # transfer KEY SENDER RATE_BPS: one SECS-long transfer S -> R through the current path
 transfer() {
-    local key=$1 sender=$2 rate=$3 tag
+    local key=$1 sender=$2 rate=$3 tag LHCC
+    LHCC=$(lh_cc "$sender")
     tag=$(echo "$key" | tr '|/ ' '___')
     local js=$LOGDIR/$tag.json series=$LOGDIR/$tag.series
     ip netns exec "$NS_R" python3 "$LOGDIR/sampler.py" "$TAP_B" "$series" &
@@ -435,7 +441,7 @@ transfer() {
     PIDS+=("$tp")
     read -r -a b0 <<<"$(tap_a_tx)"
     for _ in $(seq 50); do grep -q listening "$pcap.log" && break; sleep 0.1; done
-    if [[ $sender == longhaul ]]; then
+    if is_lh "$sender"; then
         local ctl=/run/longhaul/lfn-$ID-$N.sock tracer=''
         if [[ -n ${LFN_TRACE:-} ]]; then
             ip netns exec "$NS_S" tcpdump -i "$TAP_L" -s 128 -B 16384 -U -w "$LOGDIR/$tag.sender.pcap" \
@@ -451,7 +457,8 @@ transfer() {
             PIDS+=("$tracer")
         fi
         $NICE ip netns exec "$NS_S" timeout $((SECS + 60)) "$BIN" perf client --port "tap:$TAP_L" --ip 198.18.0.3/24 \
-            --connect 198.18.0.2 -t "$SECS" --json --control "$ctl" --cpus "$LH_CPU" "${LH_SENDER_FLAGS[@]}" >"$js" 2>"$js.err" || true
+            --connect 198.18.0.2 -t "$SECS" --json --control "$ctl" --cpus "$LH_CPU" "${LH_SENDER_FLAGS[@]}" \
+            ${LHCC:+--cc "$LHCC"} >"$js" 2>"$js.err" || true
         if [[ -n $tracer ]]; then kill "$tracer" 2>/dev/null || true; fi
     else
         $NICE ip netns exec "$NS_S" timeout $((SECS + 60)) iperf3 -c 198.18.0.2 -t "$SECS" -C "$sender" -J \
@@ -504,7 +511,9 @@ GE=0.0025,0.25 # Gilbert-Elliott p,r: mean loss p/(p+r) = 0.99%, mean burst 1/r 
 SCEN_RTT=250
 
 RUN_TOTAL=$((${#PATHS[@]} * ${#SENDERS[@]}))
-((DO_SCEN)) && RUN_TOTAL=$((RUN_TOTAL + 3 + 4 + 3))
+N_LH=0
+for s in "${SENDERS[@]}"; do if is_lh "$s"; then N_LH=$((N_LH + 1)); fi; done
+((DO_SCEN)) && RUN_TOTAL=$((RUN_TOTAL + 2 * ${#SENDERS[@]} + 3 + N_LH))
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== $MODE run: ${#PATHS[@]} paths x ${#SENDERS[@]} senders x ${SECS}s$( ((DO_SCEN)) && echo ' + scenarios'); logs in $LOGDIR"
 
@@ -526,13 +535,16 @@ done
 declare -A SC # scenario results, free text per cell
 scen_client() { # sender size count idle timeout -> JSON line
     local sender=$1 host=198.18.0.2 cc=$1
-    if [[ $sender == longhaul ]]; then host=198.18.0.3 cc=-; fi
+    if is_lh "$sender"; then host=198.18.0.3 cc=-; fi
     $NICE ip netns exec "$NS_S" timeout $(($5 + 30)) python3 "$LOGDIR/peer.py" client $host 7000 "$2" "$3" "$4" "$cc" "$5" ||
         echo '{"ok": false, "error": "client killed"}'
 }
-start_proxy() { # longhaul as the sender of the long leg: kernel client -> proxy (S) -> R
+start_proxy() { # SENDER: longhaul as the sender of the long leg: kernel client -> proxy (S) -> R
+    local cc
+    cc=$(lh_cc "$1")
     $NICE ip netns exec "$NS_S" "$BIN" proxy --port "tap:$TAP_L" --ip 198.18.0.3/24 --listen 7000 \
         --upstream 198.18.0.2:7000 --upstream-wmem 64M --upstream-rmem 64M --nodelay --quiet --cpus "$LH_CPU" \
+        --upstream-cc "${cc:-bbr}" \
         >"$LOGDIR/proxy-$N.log" 2>&1 &
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
@@ -549,9 +561,9 @@ if ((DO_SCEN)); then
     build_path --delay $((SCEN_RTT / 2))ms --rate 100mbit --queue 1bdp
     for sender in "${SENDERS[@]}"; do
         RUN_I=$((RUN_I + 1))
-        [[ $sender == longhaul ]] && start_proxy
+        if is_lh "$sender"; then start_proxy "$sender"; fi
         out=$(scen_client "$sender" 10000000 2 5 120)
-        [[ $sender == longhaul ]] && stop_proxy
+        if is_lh "$sender"; then stop_proxy; fi
         SC[idle|$sender]=$(python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
@@ -567,14 +579,16 @@ else:
 
     # 2. MTU black hole: IP packets > 1400 B vanish, both ends use MTU 1500; 20 MB must arrive.
     build_path --delay $((SCEN_RTT / 2))ms --rate 100mbit --queue 1bdp --mtu-blackhole 1400
-    for v in "cubic|0" "cubic|1" "bbr|1" "longhaul|-"; do
+    BH_RUNS=("cubic|0" "cubic|1" "bbr|1")
+    for s in "${SENDERS[@]}"; do if is_lh "$s"; then BH_RUNS+=("$s|-"); fi; done
+    for v in "${BH_RUNS[@]}"; do
         IFS='|' read -r sender probe <<<"$v"
         RUN_I=$((RUN_I + 1))
         [[ $probe != - ]] && sysctl_ns "$NS_S" net.ipv4.tcp_mtu_probing="$probe"
-        [[ $sender == longhaul ]] && start_proxy
+        if is_lh "$sender"; then start_proxy "$sender"; fi
         size=$((20000000 + RUN_I)) # the run's id in the server's log
         out=$(scen_client "$sender" $size 1 0 "$BH_TIMEOUT")
-        [[ $sender == longhaul ]] && stop_proxy
+        if is_lh "$sender"; then stop_proxy; fi
         sleep 2 # the server logs the connection once it ends (the client's close or reset)
         srv=$(grep "\"size\": $size," "$LOGDIR/peer-$N.log" 2>/dev/null | tail -n 1 || true)
         [[ -n $srv ]] || srv='{}'
@@ -617,7 +631,7 @@ MD=$RESULTS/lfn-$DATE$SUFFIX.md
 PNG=${MD%.md}.png
 CSV=$LOGDIR/matrix.csv
 : >"$CSV"
-label() { case $1 in cubic) echo "Linux CUBIC" ;; bbr) echo "Linux BBR" ;; *) echo "longhaul" ;; esac; }
+label() { case $1 in cubic) echo "Linux CUBIC" ;; bbr) echo "Linux BBR" ;; longhaul-cubic) echo "longhaul CUBIC" ;; longhaul-bbr) echo "longhaul BBR" ;; *) echo "longhaul" ;; esac; }
 {
     echo "# Long-fat-network benchmark — $DATE UTC ($MODE)"
     echo
@@ -625,7 +639,7 @@ label() { case $1 in cubic) echo "Linux CUBIC" ;; bbr) echo "Linux BBR" ;; *) ec
     echo "- host: $(uname -srm), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); load average at start $LOAD_START, at end $LOAD_END"
     echo "- commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
     echo "- path: \`longhaul netem --delay RTT/2 --rate R --queue 1bdp [--loss P] --seed $SEED\` (every impairment on both directions), a fresh emulator and namespaces per path; sender namespace joined to the emulator through a Linux bridge"
-    echo "- senders, ${SECS} s each, one after another on the same path: Linux CUBIC and BBR (\`iperf3 -c -C cubic|bbr\`, \`tcp_rmem/wmem\` max 64 MiB per namespace, \`tcp_no_metrics_save=1\`; \`net.core.rmem_max/wmem_max\` refuse writes inside a namespace and only cap \`SO_RCVBUF/SO_SNDBUF\`, which iperf3 sets only with \`-w\`), longhaul (\`longhaul perf client ${LH_SENDER_FLAGS[*]}\`, longhaul's own TCP engine); receiver: kernel \`iperf3 -s\` (64 MiB buffers)"
+    echo "- senders, ${SECS} s each, one after another on the same path: Linux CUBIC and BBR (\`iperf3 -c -C cubic|bbr\`, \`tcp_rmem/wmem\` max 64 MiB per namespace, \`tcp_no_metrics_save=1\`; \`net.core.rmem_max/wmem_max\` refuse writes inside a namespace and only cap \`SO_RCVBUF/SO_SNDBUF\`, which iperf3 sets only with \`-w\`), longhaul (\`longhaul perf client ${LH_SENDER_FLAGS[*]}\`, plus \`--cc cubic\` or \`--cc bbr\` for longhaul CUBIC/BBR; longhaul's own TCP engine on a TAP bridged with the emulator's, its core pinned to CPU $LH_CPU and the emulator to CPU $NETEM_CPU; everything on the path at niceness ${LFN_NICE:--10} in a session raised to the same); receiver: kernel \`iperf3 -s\` (64 MiB buffers)"
     echo "- goodput: the receiver's byte count over the test (\`end.sum_received\` of the client's JSON); % of the bottleneck rate (Ethernet frame bytes are serialised, so 100% wire is ~95.7% goodput with 1514-byte frames carrying 1448 B)"
     echo "- retrans %: payload bytes sent again / all payload bytes sent on the test's data connection, from a header-only \`tcpdump\` on TAP a in S (where the senders' frames enter the emulator): a segment is retransmitted payload where its sequence range lies below the highest sequence number already sent. The same method for every sender; Linux's own count (\`sum_sent.retransmits\`, segments) is the last column, longhaul has none"
     echo "- t80: seconds from the first data flight (R's TAP counter 10 kB above its start) until the receiver's rate over a sliding 0.5 s window first reaches 80% of the bottleneck (Ethernet bytes at R, sampled every 50 ms); \"never\" if it does not within the run"
@@ -645,7 +659,7 @@ for path in "${PATHS[@]}"; do
     for sender in "${SENDERS[@]}"; do
         IFS='|' read -r g p r t x e <<<"${R[matrix|$rtt|$loss|$mbit|$sender]:-|||||no result}"
         [[ -z $g ]] && g="FAIL${e:+ ($e)}"
-        [[ $sender == longhaul && -n $p ]] && x='n/a'
+        is_lh "$sender" && [[ -n $p ]] && x='n/a'
         echo "| $rtt ms | $loss | $mbit M | $(label "$sender") | $g | $p | $r | $t | $x |" >>"$MD"
         printf '%5s %6s %5s %-12s %9s %6s %8s %6s\n' "${rtt}ms" "$loss" "${mbit}M" "$sender" "$g" "$p" "$r" "$t"
         echo "$rtt|$loss|$mbit|$sender|${g%% *}" >>"$CSV"
@@ -664,7 +678,7 @@ if ((DO_SCEN)); then
         echo "|---|---:|---:|---:|"
         for s in "${SENDERS[@]}"; do
             IFS='|' read -r a b c <<<"${SC[idle|$s]:-no result||}"
-            echo "| $(label "$s")$([[ $s == longhaul ]] && echo ' (proxy)') | $a | $b | $c |"
+            echo "| $(label "$s")$(is_lh "$s" && echo ' (proxy)') | $a | $b | $c |"
         done
         echo
         echo "A burst is timed from its first write to the receiver's answer byte (so it includes one RTT). Linux keeps \`tcp_slow_start_after_idle=1\` (the default): after an idle period longer than the RTO its cwnd restarts from the initial window."
@@ -673,10 +687,10 @@ if ((DO_SCEN)); then
         echo
         echo "| sender | tcp_mtu_probing | finished? | first data at the receiver | longest stall |"
         echo "|---|---:|---|---:|---:|"
-        for v in "cubic|0" "cubic|1" "bbr|1" "longhaul|-"; do
+        for v in "${BH_RUNS[@]}"; do
             IFS='|' read -r s pr <<<"$v"
             IFS='|' read -r a b c <<<"${SC[bh|$s|$pr]:-no result||}"
-            echo "| $(label "$s")$([[ $s == longhaul ]] && echo ' (proxy)') | $pr | $a | $b | $c |"
+            echo "| $(label "$s")$(is_lh "$s" && echo ' (proxy)') | $pr | $a | $b | $c |"
         done
         echo
         echo "\"first data\": seconds from the arrival of the client's 12-byte header (small segments pass the black hole) to the first payload byte at the receiver; \"longest stall\": the longest gap between arrivals at the receiver, counted from the header."
@@ -688,7 +702,7 @@ if ((DO_SCEN)); then
         for s in "${SENDERS[@]}"; do
             IFS='|' read -r g p r t x e <<<"${R[ge|$SCEN_RTT|ge|100|$s]:-|||||no result}"
             [[ -z $g ]] && g="FAIL${e:+ ($e)}"
-            [[ $s == longhaul && -n $p ]] && x='n/a'
+            is_lh "$s" && [[ -n $p ]] && x='n/a'
             echo "| $(label "$s") | $g | $p | $r | $t | $x |"
         done
     } >>"$MD"
@@ -724,7 +738,9 @@ ZERO = 2e-5  # where loss 0 sits on the log axis
 panels = sorted(data)
 fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
 style = {"cubic": ("Linux CUBIC", "#4a7fb0", "o"), "bbr": ("Linux BBR", "#3a9a5b", "s"),
-         "longhaul": ("longhaul", "#d9822b", "^")}
+         "longhaul": ("longhaul", "#d9822b", "^"),
+         "longhaul-cubic": ("longhaul CUBIC", "#b05a9a", "v"),
+         "longhaul-bbr": ("longhaul BBR", "#d9822b", "^")}
 for ax, (rtt, mbit) in zip(axes[0], panels):
     for sender, pts in data[(rtt, mbit)].items():
         pts.sort()

@@ -7,6 +7,9 @@ use super::{
     scale, Bbr, BbrState, RateSample, Undo, BETA, INF, LOSS_THRESH, LOSS_THRESH_INV, MAX_WINDOW,
 };
 
+/// Packets per loss event the significance test allows for (see [`Bbr::loss_significant`]).
+const LOSS_BURST: f64 = 4.0;
+
 impl Bbr {
     /// `IsInflightTooHigh()`, with one deliberate difference from the draft: the loss must be
     /// *significantly* above the 2% threshold, not just above it. The draft compares the lost
@@ -14,8 +17,9 @@ impl Bbr {
     /// small flight crosses that by chance — 2 losses in 80 packets — and BBR then caps its
     /// window for good (measured: stuck at 0.3 MB of a 3 MB path at 1% random loss). Here the
     /// loss must exceed the threshold by two standard deviations of a binomial count at the
-    /// threshold rate: ~2 packets of 20, 10 of 245, 57 of 2,160 (2.6%). Congestive loss at a
-    /// full queue comes in bursts far above that, so the response to it is unchanged.
+    /// threshold rate, allowing for losses in bursts of about four: ~3 packets of 20, 14 of
+    /// 245, 70 of 2,160 (3.2%). Congestive loss at a full queue is far above that (hundreds of
+    /// packets in a round), so the response to it is unchanged.
     pub(super) fn is_inflight_too_high(&self, rs: &RateSample) -> bool {
         if rs.lost > 0 && !self.counts_losses {
             return true;
@@ -23,15 +27,17 @@ impl Bbr {
         self.loss_significant(rs.lost, rs.tx_in_flight)
     }
 
-    /// Whether `lost` bytes of a flight of `flight` bytes are significantly (two binomial
-    /// standard deviations) more than the 2% threshold rate.
+    /// Whether `lost` bytes of a flight of `flight` bytes are significantly more than the 2%
+    /// threshold rate: two standard deviations of the lost-packet count, with the variance of
+    /// losses that come in bursts of about [`LOSS_BURST`] packets (a Gilbert-Elliott link, a
+    /// switch dropping a few frames at once), not of independent single losses.
     pub(super) fn loss_significant(&self, lost: u64, flight: u64) -> bool {
         if u128::from(lost) * LOSS_THRESH_INV <= u128::from(flight) {
             return false;
         }
         let mss = self.mss.max(1) as f64;
         let expected = LOSS_THRESH * flight as f64 / mss;
-        lost as f64 / mss > expected + 2.0 * expected.sqrt()
+        lost as f64 / mss > expected + 2.0 * (expected * LOSS_BURST).sqrt()
     }
 
     /// `InflightAtLoss()` for a lost packet of one MSS.
