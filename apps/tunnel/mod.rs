@@ -29,6 +29,7 @@
 
 mod client;
 mod datagram;
+mod nat;
 mod quic;
 mod relay;
 mod server;
@@ -130,8 +131,8 @@ struct ClientArgs {
     /// Local UDP port for QUIC (default: picked at random, one per core).
     #[arg(long)]
     udp_port: Option<u16>,
-    /// STUN server IP:PORT to learn the public address and keep the NAT mapping alive. Parsed
-    /// here; the STUN client itself is wired in by the integrator (apps/stun.rs).
+    /// STUN server IP:PORT: learn the tunnel socket's public address (printed, and in the
+    /// stats) and keep its NAT mapping alive with a Binding request every --keepalive.
     #[arg(long)]
     stun: Option<SocketAddrV4>,
 }
@@ -154,6 +155,20 @@ pub struct CoreStatus {
     pub udp_sent: AtomicU64,
     pub udp_received: AtomicU64,
     pub udp_dropped: AtomicU64,
+    /// The public address STUN learnt ([`pack_addr`]; 0 while unknown or without `--stun`).
+    pub public_addr: AtomicU64,
+}
+
+/// An address in one atomic word: 1 in bit 48 (so 0 means none), then the IP and the port.
+pub fn pack_addr(a: Option<SocketAddrV4>) -> u64 {
+    a.map_or(0, |a| {
+        1 << 48 | (u32::from(*a.ip()) as u64) << 16 | a.port() as u64
+    })
+}
+
+/// The address [`pack_addr`] packed.
+pub fn unpack_addr(v: u64) -> Option<SocketAddrV4> {
+    (v >> 48 == 1).then(|| SocketAddrV4::new(((v >> 16) as u32).into(), v as u16))
 }
 
 /// Publishes one core's numbers: the worst RTT, summed windows and counters.
@@ -244,7 +259,22 @@ impl Status {
             sum(|c| &c.udp_sent),
             sum(|c| &c.udp_received),
             sum(|c| &c.udp_dropped),
-        )
+        ) + &self.public_part()
+    }
+
+    /// ` | public IP:PORT` (one per core that has learnt one), or nothing.
+    fn public_part(&self) -> String {
+        let addrs: Vec<String> = self
+            .cores
+            .iter()
+            .filter_map(|c| unpack_addr(c.public_addr.load(Ordering::Relaxed)))
+            .map(|a| a.to_string())
+            .collect();
+        if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" | public {}", addrs.join(","))
+        }
     }
 }
 
@@ -463,6 +493,7 @@ fn client_main(mut a: ClientArgs) -> ExitCode {
         udp_port: a.udp_port,
         udp_listen: a.udp_listen,
         stun: a.stun,
+        keepalive: transport.keepalive,
         status: status.clone(),
     });
     let stack = match crate::start_stack("tunnel client", cfg, move |core| {
