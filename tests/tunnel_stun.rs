@@ -200,3 +200,102 @@ fn a_natted_tunnel_client_reports_the_nat_public_address_and_carries_data() {
     assert_eq!(public_addresses(&client).len(), 1);
     assert!(lab.masquerade_count() >= 1);
 }
+
+/// `longhaul stat` on the control socket `ctl`: (stdout, success).
+fn stat(ctl: &str, json: bool) -> (String, bool) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_longhaul"));
+    cmd.args(["stat", "--socket", ctl]);
+    if json {
+        cmd.arg("--json");
+    }
+    let o = cmd.output().expect("run longhaul stat");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.success(),
+    )
+}
+
+/// The `{"app":{"tunnel":..}}` line of `longhaul stat --json`.
+fn tunnel_stats(ctl: &str) -> serde_json::Value {
+    let (out, ok) = stat(ctl, true);
+    assert!(ok, "longhaul stat --json failed: {out}");
+    let mut lines = out.lines();
+    let conns: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or("")).expect("line 1: the TCP connections");
+    assert!(conns.is_array(), "{out}");
+    let app: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or("")).expect("line 2: the app's statistics");
+    app["app"]["tunnel"].clone()
+}
+
+#[test]
+fn stat_shows_the_tunnel_connection_after_a_transfer() {
+    if !root_or_skip("stat_shows_the_tunnel_connection_after_a_transfer") {
+        return;
+    }
+    let lab = NatLab::new(&NAT_PORTS);
+    let certs = CertDir(std::env::temp_dir().join(format!("lh-tunstat-{}", std::process::id())));
+    let ctl = std::env::temp_dir()
+        .join(format!("lh-tunstat-{}.sock", std::process::id()))
+        .to_string_lossy()
+        .into_owned();
+    kernel_echo(&lab.public, SERVER_IP, ECHO_PORT);
+    let (_server, pin) = public_server(&lab, &certs);
+    let client = natted_client(&lab, &pin, &["--control", &ctl]);
+    assert!(
+        wait_for(Duration::from_secs(15), || !public_addresses(&client)
+            .is_empty()),
+        "no public address: {:?} {}",
+        client.stdout_lines(),
+        client.stderr()
+    );
+    let public = public_addresses(&client)[0].to_string();
+    const LEN: u64 = 3 << 20;
+    echo_through(&lab, LEN as usize, 5);
+    // A second TCP connection stays open: one stream open, two in all.
+    let _held = lab
+        .nat
+        .run(|| TcpStream::connect(SocketAddrV4::new(STACK_IP, TUNNEL_PORT)).expect("connect"));
+    let mut t = serde_json::Value::Null;
+    // The cores refresh the numbers every tick (100 ms).
+    let settled = wait_for(Duration::from_secs(10), || {
+        t = tunnel_stats(&ctl);
+        t["streams_open"] == 1 && t["bytes_down"] == LEN
+    });
+    assert!(settled, "{t:#}");
+    let n = |v: &serde_json::Value, k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing or not a number: {v:#}"))
+    };
+    assert_eq!(t["role"], "client");
+    assert_eq!(t["public_address"], public.as_str(), "{t:#}");
+    assert!(n(&t["stun"], "responses") >= 1, "{t:#}");
+    assert_eq!(n(&t, "reconnects"), 0);
+    assert_eq!(n(&t, "dropped_datagrams"), 0);
+    assert_eq!(n(&t, "conns"), 1);
+    assert_eq!((n(&t, "bytes_up"), n(&t, "bytes_down")), (LEN, LEN));
+    let list = t["connections"].as_array().expect("connections");
+    assert_eq!(list.len(), 1, "{t:#}");
+    let c = &list[0];
+    assert_eq!(c["remote"], format!("{PUBLIC_STACK_IP}:{QUIC_PORT}"));
+    let rtt = n(c, "rtt_us");
+    assert!(rtt > 0 && rtt < 1_000_000, "rtt {rtt} µs on a local path");
+    assert!(n(c, "cwnd") >= 12_000, "at least the initial window: {c}");
+    // 3 MiB went up in datagrams of at most ~1.2 KiB.
+    assert!(n(c, "sent_packets") > LEN / 1500, "{c}");
+    assert!(n(c, "lost_packets") <= n(c, "sent_packets"));
+    assert_eq!((n(c, "streams_open"), n(c, "streams_total")), (1, 2), "{c}");
+    assert_eq!((n(c, "bytes_up"), n(c, "bytes_down")), (LEN, LEN));
+    // The table shows them under the TCP connections.
+    let (table, ok) = stat(&ctl, false);
+    assert!(ok, "{table}");
+    assert!(table.starts_with("State"), "{table}");
+    assert!(
+        table.contains(&format!("  public_address: {public}\n")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("    - bytes_down={LEN} bytes_up={LEN} ")),
+        "{table}"
+    );
+}

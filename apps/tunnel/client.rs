@@ -402,16 +402,24 @@ impl App for Client {
         if let Some(q) = self.quic.as_ref() {
             super::publish(
                 &self.s.status.cores[self.core],
+                self.core,
                 q,
                 &self.relay,
                 self.dgram.as_ref().map(|d| &d.counters),
             );
         }
         if let Some(n) = self.nat.as_ref() {
-            let packed = super::pack_addr(n.public());
-            self.s.status.cores[self.core]
-                .public_addr
-                .store(packed, Ordering::Relaxed);
+            let c = &self.s.status.cores[self.core];
+            let st = n.stats();
+            let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+            set(&c.public_addr, super::pack_addr(n.public()));
+            set(&c.stun_requests, st.requests);
+            set(&c.stun_responses, st.responses);
+            set(&c.stun_failures, st.failures);
+            set(
+                &c.stun_rtt_us,
+                st.last_rtt.map_or(0, |d| d.as_micros() as u64),
+            );
         }
     }
 
