@@ -4,6 +4,8 @@
 //! - `conns` — every connection of every core: `[{"core":0,"state":"Established",...,"tcp":{..}}]`
 //! - `stats` — every core's counters: `[{"core":0,"frames_in":..,...}]`
 //! - `info`  — the instance: `{"pid":..,"cmdline":"echo --port ...","cores":1}`
+//! - `app`   — what the app publishes with [`set_app_stats`] (a JSON object, e.g. the tunnel's
+//!   QUIC connections), or `null`
 //!
 //! Anything else gets one line starting with `error:`. A client may send several requests on one
 //! connection; it is closed after 2 s without a request. Clients are served one at a time on the
@@ -17,7 +19,19 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The app's own statistics: called on the control thread for each `app` request.
+type AppStats = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+static APP_STATS: OnceLock<AppStats> = OnceLock::new();
+
+/// Lets an app add its own statistics to `longhaul stat` (the `app` request): `f` runs on the
+/// control thread for each request, so it should only read what the cores publish (atomics, a
+/// snapshot behind a mutex) and never wait for a core. One per process; a second call is ignored.
+pub fn set_app_stats(f: impl Fn() -> serde_json::Value + Send + Sync + 'static) {
+    let _ = APP_STATS.set(Box::new(f));
+}
 
 /// Where instances put their sockets unless told otherwise (`LONGHAUL_RUN_DIR` overrides it, e.g.
 /// for tests or for users who cannot write to /run).
@@ -129,7 +143,7 @@ fn serve_client(stream: UnixStream, stack: &Stack) -> io::Result<()> {
         }
         if line.last() != Some(&b'\n') {
             if n as u64 > MAX_REQUEST {
-                out.write_all(b"error: request too long (try conns, stats or info)\n")?;
+                out.write_all(b"error: request too long (try conns, stats, info or app)\n")?;
             }
             // Too long, or the client closed mid-line: either way this connection is done.
             return Ok(());
@@ -183,9 +197,10 @@ fn answer(request: &str, stack: &Stack) -> String {
                 "cores": stack.cores(),
             }))
         }
+        "app" => serde_json::to_string(&APP_STATS.get().map_or(serde_json::Value::Null, |f| f())),
         other => {
             let shown: String = other.chars().take(40).collect();
-            return format!("error: unknown request '{shown}' (try conns, stats or info)");
+            return format!("error: unknown request '{shown}' (try conns, stats, info or app)");
         }
     };
     json.unwrap_or_else(|e| format!("error: cannot encode the reply: {e}"))

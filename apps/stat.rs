@@ -1,6 +1,8 @@
 //! `longhaul stat`: the connections of a running instance, read from its control socket (see
 //! `control.rs`), printed as `ss -ti` does (a line per connection and an indented line of TCP
-//! details) or as the JSON array the instance sent.
+//! details) or as the JSON array the instance sent. When the app publishes statistics of its own
+//! (the tunnel: its QUIC connections), they follow: as indented `key: value` lines under the
+//! table, or with `--json` as a second line `{"app":{...}}`.
 
 use crate::control;
 use clap::Args;
@@ -19,7 +21,8 @@ pub struct StatArgs {
     /// The instance's control socket (what it was started with --control).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Print the JSON array the instance returns instead of a table.
+    /// Print the JSON array the instance returns instead of a table (and the app's statistics,
+    /// if any, as a second line `{"app":{...}}`).
     #[arg(long)]
     json: bool,
     /// Print again every SECS seconds (until interrupted).
@@ -58,10 +61,13 @@ fn run(args: &StatArgs) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     loop {
         let conns = client.request("conns")?;
-        let text = if args.json {
-            format!("{conns}\n")
-        } else {
-            table(&conns)
+        // An instance without app statistics answers null (an older one, an error: the same).
+        let app = client.request("app").unwrap_or(Value::Null);
+        let text = match (args.json, app.is_null()) {
+            (true, true) => format!("{conns}\n"),
+            (true, false) => format!("{conns}\n{}\n", serde_json::json!({ "app": app })),
+            (false, true) => table(&conns),
+            (false, false) => format!("{}\n{}", table(&conns), app_lines(&app, 0)),
         };
         let mut out = stdout.lock();
         // A closed pipe (`longhaul stat | head`) ends quietly.
@@ -393,6 +399,51 @@ fn details(c: &Value) -> String {
     f.join(" ")
 }
 
+// ------------------------------------------------------------------ the app's statistics
+
+/// An app's statistics as indented lines: `key: value` for numbers and strings, a heading for
+/// objects, and one line of `key=value` pairs per element of a list of objects (a connection).
+pub fn app_lines(v: &Value, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    let mut out = String::new();
+    let Some(map) = v.as_object() else {
+        return format!("{pad}{}\n", scalar(v));
+    };
+    for (k, v) in map {
+        match v {
+            Value::Object(_) => {
+                out.push_str(&format!("{pad}{k}:\n"));
+                out.push_str(&app_lines(v, indent + 2));
+            }
+            Value::Array(items) => {
+                out.push_str(&format!("{pad}{k}: {}\n", items.len()));
+                for item in items {
+                    let line = match item.as_object() {
+                        Some(o) => o
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", scalar(v)))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        None => scalar(item),
+                    };
+                    out.push_str(&format!("{pad}  - {line}\n"));
+                }
+            }
+            _ => out.push_str(&format!("{pad}{k}: {}\n", scalar(v))),
+        }
+    }
+    out
+}
+
+/// A value on one line: strings without quotes, `-` for null, nested values as JSON.
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +484,21 @@ mod tests {
         assert_eq!(table(&Value::Null).lines().count(), 1);
         let odd: Value = serde_json::from_str(r#"[{"tcp":7}]"#).unwrap();
         assert_eq!(table(&odd).lines().count(), 3);
+    }
+
+    #[test]
+    fn app_statistics_as_indented_lines() {
+        let v: Value = serde_json::from_str(
+            r#"{"tunnel":{"role":"client","public_address":null,"stun":{"requests":2},
+                 "connections":[{"remote":"198.18.0.2:4433","rtt_us":250000}]}}"#,
+        )
+        .unwrap();
+        // serde_json's maps are sorted by key.
+        assert_eq!(
+            app_lines(&v, 0),
+            "tunnel:\n  connections: 1\n    - remote=198.18.0.2:4433 rtt_us=250000\n  \
+             public_address: -\n  role: client\n  stun:\n    requests: 2\n"
+        );
+        assert_eq!(app_lines(&Value::from(3), 0), "3\n");
     }
 }

@@ -1,90 +1,16 @@
 //! `longhaul stun` against coturn (Debian's `turnserver`, STUN only) in network namespaces:
 //! directly on the TAP's segment, and behind a NAT namespace doing nftables masquerade, where the
 //! mapped address must be the NAT's public side. Needs root, coturn and nftables (scripts/setup.sh
-//! installs them); a missing tool fails the test rather than skipping it.
+//! installs them); a missing tool fails the test rather than skipping it. The NAT lab is shared
+//! with tests/tunnel_stun.rs (tests/natlab).
 
 mod common;
+mod natlab;
 
 use common::{root_or_skip, Netns, Proc, STACK_CIDR, STACK_IP};
+use natlab::{ok, start_coturn, NatLab, Scratch, NAT_PORTS, NAT_PUBLIC_IP, SERVER_IP};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-
-/// The NAT's public address and the STUN server's, on the "public" segment.
-const NAT_PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
-/// Masquerade maps UDP to this port range, so a translated port is recognisable.
-const NAT_PORTS: std::ops::RangeInclusive<u16> = 61000..=61009;
-
-fn need_tool(name: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        || Path::new("/usr/sbin").join(name).is_file();
-    assert!(
-        found,
-        "{name} not found: install the Debian package {package} (scripts/setup.sh does)"
-    );
-}
-
-/// A scratch directory for coturn's pid file and database, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lh-stun-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts coturn as a plain STUN server on `ip:3478` (UDP only, no TURN, no TLS/DTLS, no CLI) in
-/// `ns` and waits for its UDP listener.
-fn start_coturn(ns: &Netns, ip: Ipv4Addr, scratch: &Scratch) -> Proc {
-    need_tool("turnserver", "coturn");
-    let ip = ip.to_string();
-    let (pid, db) = (scratch.path("turnserver.pid"), scratch.path("turndb"));
-    ns.spawn_marked(
-        &[
-            "turnserver",
-            "-n", // no configuration file
-            "-v", // prints the "listener opened" line waited for
-            "--listening-ip",
-            &ip,
-            "--listening-port",
-            "3478",
-            "--stun-only",
-            "--no-tcp",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            "--log-file",
-            "stdout",
-            "--simple-log",
-            "--pidfile",
-            &pid,
-            "--userdb",
-            &db,
-        ],
-        "UDP listener opened on",
-        Duration::from_secs(15),
-    )
-}
 
 /// Runs `longhaul stun` on the namespace's TAP as 198.18.0.2/24 to completion (at most 60 s).
 fn run_stun(ns: &Netns, args: &[&str]) -> (std::process::ExitStatus, Vec<String>, String) {
@@ -165,137 +91,6 @@ fn stun_without_nat_maps_to_our_own_address() {
         "stdout: {out:?}"
     );
     assert!(responses(&out) >= 3, "{out:?}");
-}
-
-fn ok(o: std::process::Output, what: &str) {
-    assert!(
-        o.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Two namespaces and coturn. NAT namespace: the TAP's kernel side (198.18.0.1/24) is the private
-/// side, pub0 (198.19.0.1/24) the public one, forwarding on, UDP leaving pub0 masqueraded to a
-/// port range. Public namespace: coturn on 198.19.0.2 with no route back to 198.18.0.0/24, so only
-/// translated packets can be answered. Fields drop in order: coturn, then the namespaces.
-struct NatLab {
-    _coturn: Proc,
-    nat: Netns,
-    _public: Netns,
-    _scratch: Scratch,
-}
-
-impl NatLab {
-    fn new(ports: &std::ops::RangeInclusive<u16>) -> NatLab {
-        need_tool("nft", "nftables");
-        let nat = Netns::new("stun-nat");
-        let public = Netns::new("stun-pub");
-        ok(public.ip(&["link", "del", public.tap()]), "del tap");
-        ok(
-            nat.ip(&[
-                "link",
-                "add",
-                "pub0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "pub1",
-                "netns",
-                public.name(),
-            ]),
-            "veth",
-        );
-        let nat_cidr = format!("{NAT_PUBLIC_IP}/24");
-        let server_cidr = format!("{SERVER_IP}/24");
-        ok(nat.ip(&["addr", "add", &nat_cidr, "dev", "pub0"]), "addr");
-        ok(nat.ip(&["link", "set", "pub0", "up"]), "up");
-        ok(
-            public.ip(&["addr", "add", &server_cidr, "dev", "pub1"]),
-            "addr",
-        );
-        ok(public.ip(&["link", "set", "pub1", "up"]), "up");
-        ok(
-            nat.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
-            "ip_forward",
-        );
-        ok(nat.exec(&["nft", "add", "table", "ip", "nat"]), "nft table");
-        ok(
-            nat.exec(&[
-                "nft",
-                "add",
-                "chain",
-                "ip",
-                "nat",
-                "postrouting",
-                "{",
-                "type",
-                "nat",
-                "hook",
-                "postrouting",
-                "priority",
-                "100",
-                ";",
-                "}",
-            ]),
-            "nft chain",
-        );
-        let scratch = Scratch::new();
-        let coturn = start_coturn(&public, SERVER_IP, &scratch);
-        let lab = NatLab {
-            _coturn: coturn,
-            nat,
-            _public: public,
-            _scratch: scratch,
-        };
-        lab.masquerade_to(ports);
-        lab
-    }
-
-    /// Replaces the masquerade rule: UDP out of pub0 gets the NAT's address and a port in `ports`.
-    fn masquerade_to(&self, ports: &std::ops::RangeInclusive<u16>) {
-        let nat = &self.nat;
-        ok(
-            nat.exec(&["nft", "flush", "chain", "ip", "nat", "postrouting"]),
-            "nft flush",
-        );
-        let to = format!(":{}-{}", ports.start(), ports.end());
-        ok(
-            nat.exec(&[
-                "nft",
-                "add",
-                "rule",
-                "ip",
-                "nat",
-                "postrouting",
-                "oifname",
-                "pub0",
-                "ip",
-                "protocol",
-                "udp",
-                "counter",
-                "masquerade",
-                "to",
-                &to,
-            ]),
-            "nft rule",
-        );
-    }
-
-    /// Packets the masquerade rule has translated (the first of each new flow).
-    fn masquerade_count(&self) -> u64 {
-        let list = self
-            .nat
-            .exec(&["nft", "list", "chain", "ip", "nat", "postrouting"]);
-        let text = String::from_utf8_lossy(&list.stdout).into_owned();
-        text.split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no counter in {text}"))
-    }
 }
 
 #[test]

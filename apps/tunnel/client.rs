@@ -2,6 +2,7 @@
 //! stream of one QUIC connection to the server, which is re-made with back-off when it is lost.
 
 use super::datagram::ClientSide;
+use super::nat::NatProbe;
 use super::quic::Quic;
 use super::relay::{self, Key, Relay};
 use super::tls::{PinReport, Trust};
@@ -31,10 +32,11 @@ pub struct Settings {
     pub report: Arc<Mutex<PinReport>>,
     pub udp_port: Option<u16>,
     pub udp_listen: Option<u16>,
-    /// The STUN server. The STUN client (Binding requests on this core's QUIC socket,
-    /// [`Quic::udp`], so the NAT mapping is the tunnel's; responses arrive in
-    /// [`Client::stun_datagram`]) is wired in by the integrator from apps/stun.rs.
+    /// The STUN server: Binding requests go out on this core's QUIC socket ([`Quic::udp`], so
+    /// the NAT mapping learnt is the tunnel's), every `keepalive`.
     pub stun: Option<SocketAddrV4>,
+    /// The QUIC keep-alive interval, also the STUN one.
+    pub keepalive: Duration,
     pub status: Arc<Status>,
 }
 
@@ -57,9 +59,8 @@ pub struct Client {
     attempts: u64,
     waiting: VecDeque<ConnId>,
     dgram: Option<ClientSide>,
-    /// The public address STUN learnt (set by the integrator's STUN client).
-    #[allow(dead_code)]
-    pub public_addr: Option<SocketAddrV4>,
+    /// The public address via STUN (`--stun`).
+    nat: Option<NatProbe>,
 }
 
 /// A STUN message (RFC 8489 §5: first two bits zero, the magic cookie at bytes 4..8), which
@@ -71,7 +72,6 @@ pub fn looks_like_stun(d: &[u8]) -> bool {
 impl Client {
     pub fn new(s: Arc<Settings>, core: usize) -> Self {
         Client {
-            s,
             core,
             quic: None,
             relay: Relay::new(),
@@ -80,15 +80,16 @@ impl Client {
             attempts: 0,
             waiting: VecDeque::new(),
             dgram: None,
-            public_addr: None,
+            nat: s.stun.map(|server| NatProbe::new(server, s.keepalive)),
+            s,
         }
     }
 
-    /// The hook for the integrator's STUN client: a STUN datagram from `from` arrived on the
-    /// tunnel's socket. Until it is wired in, such datagrams are counted as dropped.
-    fn stun_datagram(&mut self, _io: &mut Io, _data: &[u8], _from: SocketAddrV4) {
-        if let Some(q) = self.quic.as_mut() {
-            q.counters.dropped += 1;
+    /// A STUN datagram arrived on the tunnel's socket (the STUN client matches it to its
+    /// transaction; anything else is counted there as dropped).
+    fn stun_datagram(&mut self, io: &mut Io, data: &[u8]) {
+        if let Some(n) = self.nat.as_mut() {
+            n.handle_datagram(io.now(), data);
         }
     }
 
@@ -258,6 +259,9 @@ impl Client {
         let Some(q) = self.quic.as_mut() else {
             return;
         };
+        if let Some(n) = self.nat.as_mut() {
+            q.also_wake = n.drive(io, q.udp());
+        }
         for ch in q.flush(io) {
             // Drained without a ConnectionLost we saw (e.g. closed locally).
             if self.link == Link::Up(ch) || self.link == Link::Connecting(ch) {
@@ -329,13 +333,13 @@ impl App for Client {
                     self.flush(io);
                     return;
                 }
-                let stun_on = self.s.stun.is_some();
-                let mut stun_inbox: Vec<(Vec<u8>, SocketAddrV4)> = Vec::new();
-                let got = q.receive(io, &|d| stun_on && looks_like_stun(d), &mut |d, from| {
-                    stun_inbox.push((d.to_vec(), from))
+                let stun_on = self.nat.is_some();
+                let mut stun_inbox: Vec<Vec<u8>> = Vec::new();
+                let got = q.receive(io, &|d| stun_on && looks_like_stun(d), &mut |d, _from| {
+                    stun_inbox.push(d.to_vec())
                 });
-                for (d, from) in stun_inbox {
-                    self.stun_datagram(io, &d, from);
+                for d in stun_inbox {
+                    self.stun_datagram(io, &d);
                 }
                 for ch in got.touched {
                     self.poll_conn(io, ch);
@@ -398,9 +402,23 @@ impl App for Client {
         if let Some(q) = self.quic.as_ref() {
             super::publish(
                 &self.s.status.cores[self.core],
+                self.core,
                 q,
                 &self.relay,
                 self.dgram.as_ref().map(|d| &d.counters),
+            );
+        }
+        if let Some(n) = self.nat.as_ref() {
+            let c = &self.s.status.cores[self.core];
+            let st = n.stats();
+            let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+            set(&c.public_addr, super::pack_addr(n.public()));
+            set(&c.stun_requests, st.requests);
+            set(&c.stun_responses, st.responses);
+            set(&c.stun_failures, st.failures);
+            set(
+                &c.stun_rtt_us,
+                st.last_rtt.map_or(0, |d| d.as_micros() as u64),
             );
         }
     }

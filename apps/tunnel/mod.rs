@@ -29,6 +29,7 @@
 
 mod client;
 mod datagram;
+mod nat;
 mod quic;
 mod relay;
 mod server;
@@ -39,11 +40,13 @@ use clap::{Args, Subcommand};
 use longhaul::stack::parse_size;
 use quinn_proto::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
 use quinn_proto::{IdleTimeout, TransportConfig, VarInt};
+use serde::Serialize;
+use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -130,8 +133,8 @@ struct ClientArgs {
     /// Local UDP port for QUIC (default: picked at random, one per core).
     #[arg(long)]
     udp_port: Option<u16>,
-    /// STUN server IP:PORT to learn the public address and keep the NAT mapping alive. Parsed
-    /// here; the STUN client itself is wired in by the integrator (apps/stun.rs).
+    /// STUN server IP:PORT: learn the tunnel socket's public address (printed, and in the
+    /// stats) and keep its NAT mapping alive with a Binding request every --keepalive.
     #[arg(long)]
     stun: Option<SocketAddrV4>,
 }
@@ -154,22 +157,83 @@ pub struct CoreStatus {
     pub udp_sent: AtomicU64,
     pub udp_received: AtomicU64,
     pub udp_dropped: AtomicU64,
+    /// The public address STUN learnt ([`pack_addr`]; 0 while unknown or without `--stun`).
+    pub public_addr: AtomicU64,
+    pub stun_requests: AtomicU64,
+    pub stun_responses: AtomicU64,
+    pub stun_failures: AtomicU64,
+    /// The last STUN round trip (µs; 0 when none was measured).
+    pub stun_rtt_us: AtomicU64,
+    /// Each QUIC connection's numbers, for `longhaul stat` (replaced every tick).
+    pub connections: Mutex<Vec<ConnSnapshot>>,
 }
 
-/// Publishes one core's numbers: the worst RTT, summed windows and counters.
+/// One QUIC connection as `longhaul stat` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnSnapshot {
+    pub core: usize,
+    pub remote: String,
+    pub rtt_us: u64,
+    pub cwnd: u64,
+    pub lost_packets: u64,
+    pub sent_packets: u64,
+    pub streams_open: u64,
+    pub streams_total: u64,
+    pub streams_reset: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// An address in one atomic word: 1 in bit 48 (so 0 means none), then the IP and the port.
+pub fn pack_addr(a: Option<SocketAddrV4>) -> u64 {
+    a.map_or(0, |a| {
+        1 << 48 | (u32::from(*a.ip()) as u64) << 16 | a.port() as u64
+    })
+}
+
+/// The address [`pack_addr`] packed.
+pub fn unpack_addr(v: u64) -> Option<SocketAddrV4> {
+    (v >> 48 == 1).then(|| SocketAddrV4::new(((v >> 16) as u32).into(), v as u16))
+}
+
+/// Publishes one core's numbers: the worst RTT, summed windows and counters, and each
+/// connection's own.
 fn publish(
     s: &CoreStatus,
+    core: usize,
     q: &quic::Quic,
     r: &relay::Relay,
     d: Option<&datagram::DatagramCounters>,
 ) {
     let (mut rtt, mut cwnd, mut lost, mut sent) = (0u64, 0u64, 0u64, 0u64);
-    for c in q.conns.values() {
+    let mut open: HashMap<quinn_proto::ConnectionHandle, u64> = HashMap::new();
+    for k in r.flows.keys() {
+        *open.entry(k.0).or_default() += 1;
+    }
+    let mut conns = Vec::with_capacity(q.conns.len());
+    for (ch, c) in &q.conns {
         let st = c.stats();
         rtt = rtt.max(st.path.rtt.as_micros() as u64);
         cwnd += st.path.cwnd;
         lost += st.path.lost_packets;
         sent += st.path.sent_packets;
+        let rc = r.per_conn.get(ch).copied().unwrap_or_default();
+        conns.push(ConnSnapshot {
+            core,
+            remote: c.remote_address().to_string(),
+            rtt_us: st.path.rtt.as_micros() as u64,
+            cwnd: st.path.cwnd,
+            lost_packets: st.path.lost_packets,
+            sent_packets: st.path.sent_packets,
+            streams_open: open.get(ch).copied().unwrap_or(0),
+            streams_total: rc.streams_opened,
+            streams_reset: rc.streams_reset,
+            bytes_up: rc.bytes_up,
+            bytes_down: rc.bytes_down,
+        });
+    }
+    if let Ok(mut c) = s.connections.lock() {
+        *c = conns;
     }
     let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
     set(&s.conns, q.conns.len() as u64);
@@ -244,7 +308,75 @@ impl Status {
             sum(|c| &c.udp_sent),
             sum(|c| &c.udp_received),
             sum(|c| &c.udp_dropped),
-        )
+        ) + &self.public_part()
+    }
+
+    /// What `longhaul stat` shows under the TCP connections (the control socket's `app`
+    /// answer): totals over the cores, STUN's view (client), and every QUIC connection.
+    fn json(&self, role: &str) -> serde_json::Value {
+        let sum = |f: fn(&CoreStatus) -> &AtomicU64| -> u64 {
+            self.cores
+                .iter()
+                .map(|c| f(c).load(Ordering::Relaxed))
+                .sum()
+        };
+        let connections: Vec<ConnSnapshot> = self
+            .cores
+            .iter()
+            .flat_map(|c| c.connections.lock().map(|v| v.clone()).unwrap_or_default())
+            .collect();
+        let public: Vec<String> = self
+            .cores
+            .iter()
+            .filter_map(|c| unpack_addr(c.public_addr.load(Ordering::Relaxed)))
+            .map(|a| a.to_string())
+            .collect();
+        let mut tunnel = serde_json::json!({
+            "role": role,
+            "conns": sum(|c| &c.conns),
+            "streams_open": sum(|c| &c.streams),
+            "streams_total": sum(|c| &c.streams_total),
+            "streams_reset": sum(|c| &c.streams_reset),
+            "bytes_up": sum(|c| &c.bytes_up),
+            "bytes_down": sum(|c| &c.bytes_down),
+            "dropped_datagrams": sum(|c| &c.dropped),
+            "reconnects": sum(|c| &c.reconnects),
+            "udp_relay": {
+                "sent": sum(|c| &c.udp_sent),
+                "received": sum(|c| &c.udp_received),
+                "dropped": sum(|c| &c.udp_dropped),
+            },
+            "connections": connections,
+        });
+        if role == "client" {
+            tunnel["public_address"] = match public.as_slice() {
+                [] => serde_json::Value::Null,
+                [one] => one.clone().into(),
+                many => many.join(",").into(),
+            };
+            tunnel["stun"] = serde_json::json!({
+                "requests": sum(|c| &c.stun_requests),
+                "responses": sum(|c| &c.stun_responses),
+                "failures": sum(|c| &c.stun_failures),
+                "rtt_us": self.cores.iter().map(|c| c.stun_rtt_us.load(Ordering::Relaxed)).max().unwrap_or(0),
+            });
+        }
+        serde_json::json!({ "tunnel": tunnel })
+    }
+
+    /// ` | public IP:PORT` (one per core that has learnt one), or nothing.
+    fn public_part(&self) -> String {
+        let addrs: Vec<String> = self
+            .cores
+            .iter()
+            .filter_map(|c| unpack_addr(c.public_addr.load(Ordering::Relaxed)))
+            .map(|a| a.to_string())
+            .collect();
+        if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" | public {}", addrs.join(","))
+        }
     }
 }
 
@@ -401,7 +533,8 @@ fn server_main(mut a: ServerArgs) -> ExitCode {
         transport.cc,
         fingerprint
     );
-    let s2 = status.clone();
+    let (s2, s3) = (status.clone(), status.clone());
+    crate::control::set_app_stats(move || s3.json("server"));
     let code = run_until_signal(stack, &a.common, &move || s2.line());
     if status.fatal.load(Ordering::SeqCst) {
         return ExitCode::FAILURE;
@@ -463,6 +596,7 @@ fn client_main(mut a: ClientArgs) -> ExitCode {
         udp_port: a.udp_port,
         udp_listen: a.udp_listen,
         stun: a.stun,
+        keepalive: transport.keepalive,
         status: status.clone(),
     });
     let stack = match crate::start_stack("tunnel client", cfg, move |core| {
@@ -480,7 +614,8 @@ fn client_main(mut a: ClientArgs) -> ExitCode {
         a.server,
         transport.cc
     );
-    let s2 = status.clone();
+    let (s2, s3) = (status.clone(), status.clone());
+    crate::control::set_app_stats(move || s3.json("client"));
     let code = run_until_signal(stack, &a.common, &move || s2.line());
     if status.fatal.load(Ordering::SeqCst) {
         return ExitCode::FAILURE;

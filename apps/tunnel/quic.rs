@@ -50,6 +50,9 @@ pub struct Quic {
     /// A datagram the socket refused, sent before anything else.
     held: Option<(SocketAddrV4, Vec<u8>)>,
     pub counters: QuicCounters,
+    /// The deadline of another user of the socket (the client's STUN), folded into the core's
+    /// one app deadline by [`Quic::flush`].
+    pub also_wake: Option<std::time::Duration>,
 }
 
 /// What a [`Quic::receive`] call brought.
@@ -79,6 +82,7 @@ impl Quic {
             tx: Vec::with_capacity(2048),
             held: None,
             counters: QuicCounters::default(),
+            also_wake: None,
         }
     }
 
@@ -227,8 +231,8 @@ impl Quic {
         drained
     }
 
-    /// Sets the core's deadline to the earliest connection timer (or "now" while a datagram
-    /// waits for room in the socket).
+    /// Sets the core's deadline to the earliest connection timer or [`Quic::also_wake`] (or
+    /// "now" while a datagram waits for room in the socket).
     fn arm(&mut self, io: &mut Io, blocked: bool) {
         if blocked {
             io.set_wakeup(Some(io.now()));
@@ -238,8 +242,13 @@ impl Quic {
             .conns
             .values_mut()
             .filter_map(|c| c.poll_timeout())
-            .min();
-        io.set_wakeup(next.map(|t| t.saturating_duration_since(self.base)));
+            .min()
+            .map(|t| t.saturating_duration_since(self.base));
+        let next = match (next, self.also_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        io.set_wakeup(next);
     }
 
     /// Sends the held datagram; false while the socket is still full.
@@ -266,7 +275,7 @@ impl Quic {
         self.tx = data;
     }
 
-    /// The socket this endpoint uses (for the integrator's STUN client: same socket, same NAT
+    /// The socket this endpoint uses (the client's STUN shares it: same socket, same NAT
     /// mapping).
     pub fn udp(&self) -> UdpId {
         self.udp

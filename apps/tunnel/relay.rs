@@ -49,6 +49,8 @@ pub struct Flow {
     stream_eof: bool,
     /// The stream's first byte (the preamble) is still to be read (server side).
     preamble: bool,
+    /// The preamble is still at the head of `up` (client side): not counted as TCP bytes.
+    preamble_out: bool,
 }
 
 /// Byte and stream counters of one core.
@@ -74,6 +76,8 @@ pub struct Relay {
     pub by_tcp: HashMap<ConnId, Key>,
     buf: Vec<u8>,
     pub counters: RelayCounters,
+    /// The same counters per QUIC connection (for `longhaul stat`), dropped with it.
+    pub per_conn: HashMap<ConnectionHandle, RelayCounters>,
 }
 
 impl Relay {
@@ -98,10 +102,12 @@ impl Relay {
                 down: Bytes::new(),
                 stream_eof: false,
                 preamble: !client,
+                preamble_out: client,
             },
         );
         self.by_tcp.insert(tcp, key);
         self.counters.streams_opened += 1;
+        self.per_conn.entry(key.0).or_default().streams_opened += 1;
     }
 
     /// Streams of connection `ch` (or all) that are open.
@@ -129,7 +135,14 @@ impl Relay {
                 match conn.send_stream(key.1).write(&f.up[f.up_off..]) {
                     Ok(n) => {
                         f.up_off += n;
-                        self.counters.bytes_up += n as u64;
+                        let tcp_bytes = if f.preamble_out && n > 0 {
+                            f.preamble_out = false;
+                            n - 1
+                        } else {
+                            n
+                        } as u64;
+                        self.counters.bytes_up += tcp_bytes;
+                        self.per_conn.entry(key.0).or_default().bytes_up += tcp_bytes;
                     }
                     // A partial write registers nothing; the write that returns Blocked does
                     // (quinn then raises Writable).
@@ -173,6 +186,7 @@ impl Relay {
                 Ok(n) => {
                     f.down.advance(n);
                     self.counters.bytes_down += n as u64;
+                    self.per_conn.entry(key.0).or_default().bytes_down += n as u64;
                 }
                 Err(_) => return, // Writable (or the TCP Error event) follows
             }
@@ -201,6 +215,7 @@ impl Relay {
                         Ok(Some(chunk)) => {
                             let n = io.write(f.tcp, &chunk.bytes).unwrap_or(0);
                             self.counters.bytes_down += n as u64;
+                            self.per_conn.entry(key.0).or_default().bytes_down += n as u64;
                             if n < chunk.bytes.len() {
                                 f.down = chunk.bytes.slice(n..);
                                 break;
@@ -244,6 +259,7 @@ impl Relay {
             reset_stream(conn, key.1, c);
         }
         self.counters.streams_reset += 1;
+        self.per_conn.entry(key.0).or_default().streams_reset += 1;
         Some(key)
     }
 
@@ -253,18 +269,20 @@ impl Relay {
             self.by_tcp.remove(&f.tcp);
             let _ = io.abort(f.tcp);
             self.counters.streams_reset += 1;
+            self.per_conn.entry(key.0).or_default().streams_reset += 1;
         }
         if let Some(conn) = conn {
             reset_stream(conn, key.1, c);
         }
     }
 
-    /// The QUIC connection `ch` is gone: its TCP legs are reset.
+    /// The QUIC connection `ch` is gone: its TCP legs are reset (and its counters forgotten).
     pub fn connection_lost(&mut self, io: &mut Io, ch: ConnectionHandle) {
         let keys: Vec<Key> = self.flows.keys().filter(|k| k.0 == ch).copied().collect();
         for k in keys {
             self.abort(io, None, k, code::RESET);
         }
+        self.per_conn.remove(&ch);
     }
 
     /// The flows of connection `ch`.

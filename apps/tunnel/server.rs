@@ -180,6 +180,7 @@ impl App for Server {
             self.dgram.expire(io, &q.conns);
             super::publish(
                 &self.status.cores[self.core],
+                self.core,
                 q,
                 &self.relay,
                 Some(&self.dgram.counters),
