@@ -9,8 +9,8 @@
 
 use crate::{run_until_signal, Common};
 use clap::{Args, ValueEnum};
-use longhaul::stack::{parse_size, MAX_BUFFER, MIN_BUFFER};
 use longhaul::stack::tcp::cc::CcAlgorithm;
+use longhaul::stack::{parse_size, MAX_BUFFER, MIN_BUFFER};
 use longhaul::{App, ConnError, ConnId, ConnOptions, Event, Io};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -541,7 +541,11 @@ pub fn main(args: ProxyArgs) -> ExitCode {
         args.common.nodelay,
     ) {
         Ok(o) => o,
-        Err(e) => return fail(format!("--upstream-rmem/--upstream-wmem/--upstream-cc: {e}")),
+        Err(e) => {
+            return fail(format!(
+                "--upstream-rmem/--upstream-wmem/--upstream-cc: {e}"
+            ))
+        }
     };
     let upstreams = Arc::new(Upstreams {
         down_until_ms: args.upstream.iter().map(|_| AtomicU64::new(0)).collect(),
