@@ -370,7 +370,7 @@ bulk() { # sender
     longhaul)
         $NICE ip netns exec "$NS_S" timeout $limit "$BIN" perf client --port "tap:$TAP_L" --ip 198.18.0.3/24 \
             --mac $MAC_L --connect 198.18.0.2 -t "$SECS" --json --no-control --cpus "$LH_CPU" \
-            --rmem 64M --wmem 64M --nodelay --quiet >"$js" 2>"$js.err" || true
+            --rmem 64M --wmem 64M --nodelay --cc bbr --quiet >"$js" 2>"$js.err" || true
         ;;
     tunnel-*)
         tunnel_up "${s#tunnel-}" 5201 5201
@@ -461,7 +461,7 @@ CSV=$LOGDIR/results.csv
     echo "- host: $(uname -srm), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); load average at start $LOAD_START, at end $LOAD_END"
     echo "- commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
     echo "- path: \`longhaul netem $NETEM_ARGS\` (every impairment on both directions), one emulator and topology for all runs, one run after another"
-    echo "- bulk: ${SECS} s, sender side → far side, goodput as the receiving \`iperf3 -s\` counted it (\`end.sum_received\`). Direct CUBIC/BBR: \`iperf3 -c -C cubic|bbr\` (tcp_rmem/wmem max 64 MiB per namespace); longhaul TCP: \`longhaul perf client --rmem 64M --wmem 64M --nodelay\`; tunnel: \`iperf3 -c\` to the tunnel client, whose server end connects to the same \`iperf3 -s\` (the long leg is QUIC, the legs at each end are local)"
+    echo "- bulk: ${SECS} s, sender side → far side, goodput as the receiving \`iperf3 -s\` counted it (\`end.sum_received\`). Direct CUBIC/BBR: \`iperf3 -c -C cubic|bbr\` (tcp_rmem/wmem max 64 MiB per namespace); longhaul TCP: \`longhaul perf client --rmem 64M --wmem 64M --nodelay --cc bbr\` (requests through \`longhaul proxy\`, whose upstream leg runs BBR); tunnel: \`iperf3 -c\` to the tunnel client, whose server end connects to the same \`iperf3 -s\` (the long leg is QUIC, the legs at each end are local)"
     echo "- requests: ${REQ_SECS} s of \`GET /1k\` every 100 ms, each on an idle keep-alive connection from a pool of 16 opened beforehand (requests never wait for each other; a new connection only when none is idle), each timed from the request's write to the response's last byte; a kernel server answering 1 KiB in one write (TCP_NODELAY both ends). Direct: kernel client and server with the named congestion control; longhaul TCP: through \`longhaul proxy\` on the sender side (its upstream, the long leg, is longhaul's TCP; the answers come from the far kernel's CUBIC); tunnel: through the tunnel"
     echo "- QUIC columns: the tunnel client's connection after the bulk run, from \`longhaul stat --json\` (smoothed RTT; packets quinn declared lost / sent)"
     echo
