@@ -50,6 +50,7 @@ for arg in "$@"; do
     esac
 done
 CMDLINE="scripts/lfn-bench.sh${*:+ $*}"
+[[ -n ${LFN_PATHS:-} ]] && CMDLINE="LFN_PATHS=\"$LFN_PATHS\" $CMDLINE"
 [[ -n ${LFN_SECS:-} ]] && CMDLINE="LFN_SECS=$LFN_SECS $CMDLINE"
 
 if [[ $MODE == quick ]]; then SECS=${LFN_SECS:-10}; else SECS=${LFN_SECS:-30}; fi
