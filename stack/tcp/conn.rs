@@ -60,8 +60,9 @@
 
 use super::cc::{AckSample, CongestionControl};
 use super::config::TcpConfig;
+use super::pmtu::{Plpmtud, ProbeRoom};
 use super::recovery::rack::DUP_THRESH;
-use super::recovery::scoreboard::{EVER_RETRANS, RETRANS, SACKED};
+use super::recovery::scoreboard::{EVER_RETRANS, LOST, RETRANS, SACKED};
 use super::recovery::{Pacer, Prr, Rack, RateSample, RateSampler, Scoreboard};
 use super::rx_buf::RecvBuffer;
 use super::segment::{Flags, Options, SackBlocks, Segment, Timestamp};
@@ -205,6 +206,16 @@ pub struct TcpInfo {
     pub delivered_bytes: u64,
     /// The pacing rate in use, bytes per second (0: not paced).
     pub pacing_rate_bps: u64,
+    /// Path MTU in use: the IP packet size of a full-sized segment (after ICMP and MTU
+    /// probing; Linux's `tcpi_pmtu` is the route's MTU instead).
+    pub pmtu: u32,
+    /// MTU probes sent, acknowledged (the MSS rose) and lost (the search range fell), and
+    /// retransmission timeouts taken as an MTU black hole (each lowered the MSS); see
+    /// `stack::tcp::pmtu`.
+    pub mtu_probes: u64,
+    pub mtu_probe_successes: u64,
+    pub mtu_probe_failures: u64,
+    pub blackholes_detected: u64,
 }
 
 /// What limited the sender when it last stopped (for the `*_limited_us` counters).
@@ -350,6 +361,8 @@ pub struct Conn {
     limit: Limit,
     limit_since: Instant,
     info: TcpInfo,
+    /// Path MTU black-hole detection and probing (pmtu.rs).
+    pmtu: Plpmtud,
 }
 
 /// What it takes to undo a congestion response found spurious (Linux's `undo_marker`,
@@ -382,6 +395,8 @@ enum Payload {
     New(u32, bool),
     /// A retransmission of at most this many data bytes of the record at the sequence number.
     Rtx(u32),
+    /// An MTU probe: this many bytes of new data from SND.NXT, more than the MSS (pmtu.rs).
+    Probe(u32),
 }
 
 /// Linux's worst-case delayed-ACK time for a one-segment flight in the PTO (RFC 8985 §7.2).
@@ -506,6 +521,7 @@ impl Conn {
             limit: Limit::None,
             limit_since: now,
             info: TcpInfo::default(),
+            pmtu: Plpmtud::new(cfg.mtu_probing, cfg.mtu_probe_interval, now),
             cfg,
         }
     }
@@ -621,8 +637,13 @@ impl Conn {
     }
 
     fn update_mss(&mut self) {
-        let base = (self.peer_mss as u32).min(self.cfg.advertised_mss() as u32);
+        let mut base = (self.peer_mss as u32).min(self.cfg.advertised_mss() as u32);
         let opt = if self.ts_enabled { 12 } else { 0 };
+        // MTU probing caps the MSS at the largest size the path is known to carry.
+        self.pmtu.set_path(base, opt);
+        if let Some(cap) = self.pmtu.mss_cap() {
+            base = base.min(cap);
+        }
         self.snd_mss = base.saturating_sub(opt).max(64);
     }
 
@@ -742,6 +763,13 @@ impl Conn {
         i.reo_wnd_mult = self.rack.reo_wnd_mult();
         i.delivered_bytes = self.rate.delivered;
         i.pacing_rate_bps = self.pacing_rate().unwrap_or(0);
+        i.pmtu = self.pmtu.mtu_of(self.snd_mss);
+        (
+            i.mtu_probes,
+            i.mtu_probe_successes,
+            i.mtu_probe_failures,
+            i.blackholes_detected,
+        ) = self.pmtu.counters();
         let open = now.saturating_since(self.limit_since).as_micros() as u64;
         match self.limit {
             Limit::Cwnd => i.cwnd_limited_us += open,
@@ -1257,6 +1285,9 @@ impl Conn {
                 self.snd_nxt = ack;
             }
             self.info.bytes_acked += data_acked as u64;
+            if self.pmtu.on_ack(ack) {
+                self.update_mss(); // an MTU probe got through: larger segments from now on
+            }
 
             // RTT: the timed segment (Karn: cleared on retransmission) or the timestamp echo.
             if let Some((end, sent)) = self.rtt_timed {
@@ -1579,8 +1610,31 @@ impl Conn {
         }
     }
 
-    /// A loss was detected in the Open state: fast recovery starts (RFC 6675 §5 step 4).
+    /// The MTU probe at the head is lost and nothing before it was: its size does not pass the
+    /// path, which says nothing about congestion (Linux's tcp_mtup_probe_failed with
+    /// tcp_simple_retransmit). The probe goes again in MSS-sized pieces in the Loss state until
+    /// it is acknowledged, without a window cut; losses behind it start recovery after that.
+    fn mtu_probe_lost(&mut self) -> bool {
+        let head_lost = self.sb.get(0).is_some_and(|s| s.has(LOST));
+        let Some(end) = self.pmtu.probe_end() else {
+            return false;
+        };
+        if !head_lost || !self.pmtu.probe_starts_at(self.snd_una) {
+            return false;
+        }
+        self.pmtu.on_probe_lost();
+        self.loss_high = Some(end);
+        self.undo = Undo::default();
+        self.frto = None;
+        true
+    }
+
+    /// A loss was detected in the Open state: fast recovery starts (RFC 6675 §5 step 4), unless
+    /// the loss is only a path MTU probe's.
     fn enter_recovery(&mut self, now: Instant) {
+        if self.mtu_probe_lost() {
+            return; // the loss was an MTU probe's: no congestion response (pmtu.rs)
+        }
         self.in_recovery = true;
         self.recover = self.snd_max;
         self.rescue_done = false;
@@ -1962,6 +2016,12 @@ impl Conn {
                     });
                 } else {
                     self.frto = None;
+                }
+                // Timeouts in a row of a large segment may be an MTU black hole (pmtu.rs): the
+                // MSS falls, and what is in flight goes again in the smaller size below.
+                let head_len = self.sb.get(0).map_or(0, |s| s.len() - s.fin as u32);
+                if self.pmtu.on_rto(now, self.backoff, self.snd_una, head_len) {
+                    self.update_mss();
                 }
                 //= rfc2018#section-8
                 // The head SACKed at a timeout means the receiver reneged: forget the SACKs.
@@ -2526,6 +2586,9 @@ impl Conn {
         if let Some(i) = self.next_retransmit() {
             return Some(self.retransmit(now, i));
         }
+        if let Some(len) = self.mtu_probe_due(now) {
+            return Some(self.data_segment(now, self.snd_nxt, Payload::Probe(len)));
+        }
         if let Some((len, fin)) = self.next_data_len(false) {
             return Some(self.data_segment(now, self.snd_nxt, Payload::New(len, fin)));
         }
@@ -2550,6 +2613,34 @@ impl Conn {
             return Some(self.retransmit(now, i));
         }
         None
+    }
+
+    /// The payload length of an MTU probe to send now, if the search wants one and the
+    /// connection can take it: the Open state, no SACK blocks to send (they would take the
+    /// probe's room), and windows and data as `Plpmtud::may_send` asks.
+    fn mtu_probe_due(&mut self, now: Instant) -> Option<u32> {
+        if self.in_recovery
+            || self.loss_high.is_some()
+            || self.sb.lost_bytes() > 0
+            || self.snd_nxt != self.snd_max
+            || (self.sack_ok && self.rcvbuf.has_out_of_order())
+        {
+            return None;
+        }
+        let size = self.pmtu.probe_size(now)?;
+        let wnd_end = self.snd_una + self.snd_wnd;
+        let room = ProbeRoom {
+            mss: self.snd_mss,
+            cwnd: self.cc.window(),
+            cwnd_room: self.cwnd_room(),
+            unsent: self.unsent() as u64,
+            wnd_room: if self.snd_nxt.lt(wnd_end) {
+                (wnd_end - self.snd_nxt) as u64
+            } else {
+                0
+            },
+        };
+        (size > self.snd_mss && Plpmtud::may_send(size, &room)).then_some(size)
     }
 
     /// RFC 6675 NextSeg rules 3 and 4, used in RFC 6675 mode (RACK off) during recovery: the
@@ -2617,9 +2708,10 @@ impl Conn {
     fn data_segment(&mut self, now: Instant, seq: Seq, what: Payload) -> Transmit {
         let base = self.data_base();
         let end = self.data_end();
-        let fresh = matches!(what, Payload::New(..));
+        let fresh = matches!(what, Payload::New(..) | Payload::Probe(_));
         let (len, fin) = match what {
             Payload::New(len, fin) => (len, fin),
+            Payload::Probe(len) => (len, false),
             Payload::Rtx(max) => {
                 let data_left = if seq.lt(end) { end - seq } else { 0 };
                 let len = data_left.min(self.snd_mss).min(max);
@@ -2643,7 +2735,11 @@ impl Conn {
         );
         self.attach_sack(&mut seg);
         // SACK blocks take option space from the payload.
-        let room = self.snd_mss.saturating_sub(
+        let seg_max = match what {
+            Payload::Probe(len) => len.max(self.snd_mss),
+            _ => self.snd_mss,
+        };
+        let room = seg_max.saturating_sub(
             seg.opts.sack.len() as u32 * 8 + if seg.opts.sack.is_empty() { 0 } else { 4 },
         );
         let len = len.min(room.max(1));
@@ -2653,6 +2749,7 @@ impl Conn {
         let seg_end = seq + len + fin as u32;
         let retransmit = seq.lt(self.snd_max);
         if retransmit {
+            self.pmtu.on_retransmit(seq, seg_end);
             self.info.retransmits_total += 1;
             self.info.bytes_retrans += len as u64;
             if let Some((timed_end, _)) = self.rtt_timed {
@@ -2682,6 +2779,9 @@ impl Conn {
             .on_send(now, in_flight_before, in_flight_before + seq_len as u64);
         if fresh {
             self.sb.push(seq, seg_end, fin, now, tx);
+            if matches!(what, Payload::Probe(_)) {
+                self.pmtu.on_probe_sent(seq, seg_end, len);
+            }
         } else if let Some(i) = self.sb.find(seq) {
             self.sb.retransmit(i, seq_len, now, tx);
             if self.undo.marker.is_some() {
