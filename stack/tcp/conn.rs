@@ -2802,6 +2802,12 @@ impl Conn {
         }
         if self.rto_at.is_none() {
             self.rto_at = Some(now + self.rto);
+        } else if retransmit && seq == self.snd_una && self.backoff == 0 {
+            // Resending the head restarts the timer, as Linux's tcp_xmit_retransmit_queue does:
+            // a loss found late (RACK, after a quiet spell of cumulative ACKs) would otherwise
+            // time out before the retransmission's ACK can be back. (After a timeout, on_rto
+            // has set the timer already.)
+            self.rto_at = Some(now + self.rto);
         }
         if fresh {
             //= rfc8985#section-7.2
