@@ -273,6 +273,8 @@ pub struct Conn {
     peer_fin: Option<Seq>,
     fin_received: bool,
     rcv_mss: u32,
+    /// Payload of the last data segment received (for `rcv_mss`).
+    last_seg_len: u32,
 
     // ---- options
     ts_enabled: bool,
@@ -461,6 +463,7 @@ impl Conn {
             peer_fin: None,
             fin_received: false,
             rcv_mss: cfg.advertised_mss() as u32,
+            last_seg_len: 0,
             ts_enabled: false,
             ts_recent: 0,
             ts_recent_at: now,
@@ -1784,7 +1787,16 @@ impl Conn {
             self.rcv_nxt += w.advanced as u32;
             self.rcv_nxt_off += w.advanced as u64;
         }
-        self.rcv_mss = self.rcv_mss.max(seg.len.min(65535));
+        // Linux's tcp_measure_rcv_mss: the largest segment seen, or, when the sender's MSS fell
+        // (ICMP, MTU probing, a clamp), two segments in a row of the same smaller size (at least
+        // 536 bytes). Else "every second full-sized segment" never holds for the smaller
+        // segments and the receiver ACKs only on the delayed-ACK timer, which throttles the
+        // sender's slow start to a few ACKs per round trip.
+        let len = seg.len.min(65535);
+        if len >= self.rcv_mss || (len >= 536 && len == self.last_seg_len) {
+            self.rcv_mss = len;
+        }
+        self.last_seg_len = len;
         //= rfc9293#section-3.8.6.3
         // ACK at once for out-of-order data, for data that fills a hole, and during quick-ACK;
         // otherwise at least every second full-sized segment, or after the delayed-ACK timeout.
