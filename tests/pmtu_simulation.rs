@@ -163,7 +163,10 @@ fn black_hole_transfer_completes_with_probing() {
         "pmtu {} after the search",
         t.pmtu
     );
-    assert!(t.mtu_probe_successes >= 2 && t.mtu_probe_failures >= 1, "{t:?}");
+    assert!(
+        t.mtu_probe_successes >= 2 && t.mtu_probe_failures >= 1,
+        "{t:?}"
+    );
 }
 
 #[test]
@@ -174,7 +177,11 @@ fn black_hole_stalls_without_probing() {
         "MTU black hole {HOLE} without probing: {} bytes in 30 s, {} RTOs, snd_mss {}",
         o.received, t.rto_count, t.snd_mss
     );
-    assert!(matches!(o.done, Err(Stuck::TimeLimit(_))), "{:?}", o.done.is_ok());
+    assert!(
+        matches!(o.done, Err(Stuck::TimeLimit(_))),
+        "{:?}",
+        o.done.is_ok()
+    );
     assert_eq!(o.received, 0);
     assert_eq!(t.snd_mss, 1448);
     assert_eq!(t.blackholes_detected, 0);

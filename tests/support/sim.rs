@@ -231,7 +231,11 @@ impl Link {
     /// duplicated).
     fn admit(&mut self, now: Duration, len: usize, out: &mut Vec<Duration>) {
         self.stats.offered += 1;
-        if self.cfg.blackhole_above.is_some_and(|m| len.saturating_sub(14) > m) {
+        if self
+            .cfg
+            .blackhole_above
+            .is_some_and(|m| len.saturating_sub(14) > m)
+        {
             self.stats.blackholed += 1;
             return;
         }
