@@ -2034,13 +2034,16 @@ impl Conn {
                 let head_len = self.sb.get(0).map_or(0, |s| s.len() - s.fin as u32);
                 if self.pmtu.on_rto(now, self.backoff, self.snd_una, head_len) {
                     self.update_mss();
-                    if self.info.bytes_acked == 0 {
-                        // No data has got through yet: the segments were too large for the path
-                        // from the start, and their timeouts say nothing about congestion. The
-                        // window and ssthresh go back to where they were (the initial window
-                        // and slow start), rather than crawling up from ssthresh = IW/2.
+                    if self.backoff == crate::stack::tcp::pmtu::BLACKHOLE_RTOS {
+                        // The black hole is found: the segments were too large for the path,
+                        // and their timeouts say nothing about congestion. The window and
+                        // ssthresh go back to where they were before this series (as after a
+                        // spurious timeout), rather than crawling up from ssthresh = cwnd/2.
                         self.cc.on_spurious_congestion();
                         self.undo = Undo::default();
+                    } else {
+                        // Still stalled at the smaller size: a timeout like any other.
+                        self.cc.on_rto(now, self.snd_mss);
                     }
                 }
                 //= rfc2018#section-8
