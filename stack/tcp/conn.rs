@@ -1259,11 +1259,15 @@ impl Conn {
         let tsval_of = |at: Instant| (at.as_millis() as u32).wrapping_add(ts_offset);
         let (rack, rate) = (&mut self.rack, &mut self.rate);
         let high_seq = self.frto.map(|f| f.high);
+        let mut largest_original = 0u32;
         let out = self.sb.on_ack(ack, blocks, self.snd_max, high_seq, |s| {
             //= rfc8985#section-6.2
             // Step 2: the RTT of a retransmitted segment is only trusted when it cannot be the
             // ACK of the original (longer than min RTT, and the echo is not older).
             let retx = s.has(EVER_RETRANS);
+            if !retx {
+                largest_original = largest_original.max(s.len() - s.fin as u32);
+            }
             let rtt_ok = !retx
                 || (now.saturating_since(s.sent_at) >= min_rtt
                     && ecr.is_none_or(|e| ts_le(tsval_of(s.sent_at), e)));
@@ -1271,6 +1275,7 @@ impl Conn {
             rate.on_delivered(now, s.len() as u64, s.sent_at, s.end.0, retx, &s.tx);
         });
         debug_assert!(self.sb.check());
+        self.pmtu.on_delivered(largest_original);
 
         // ---- the cumulative ACK
         let mut rtt = None;
@@ -2034,7 +2039,7 @@ impl Conn {
                 let head_len = self.sb.get(0).map_or(0, |s| s.len() - s.fin as u32);
                 if self.pmtu.on_rto(now, self.backoff, self.snd_una, head_len) {
                     self.update_mss();
-                    if self.backoff == crate::stack::tcp::pmtu::BLACKHOLE_RTOS {
+                    if self.pmtu.just_detected() {
                         // The black hole is found: the segments were too large for the path,
                         // and their timeouts say nothing about congestion. The window and
                         // ssthresh go back to where they were before this series (as after a

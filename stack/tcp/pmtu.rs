@@ -78,12 +78,16 @@ pub const FLOOR_MSS: u32 = 64;
 /// The search stops when `search_high - search_low` is below this (Linux's
 /// `tcp_probe_threshold`).
 pub const PROBE_THRESHOLD: u32 = 8;
-/// Retransmission timeouts in a row of a too-large segment that count as a black hole. One
-/// timeout is routine on a lossy path; the second in a row for the same large segment, while the
-/// handshake and ACKs got through, is the signature of a black hole. (Linux waits until the
-/// stall is as long as three backed-off minimum RTOs, about 3 s; two RTOs are shorter on any
-/// path with an RTT below about 1 s, and a false alarm only costs a few probes.)
+/// Retransmission timeouts in a row of a too-large segment that count as a black hole while no
+/// segment of that size has ever been acknowledged. One timeout is routine on a lossy path; the
+/// second in a row for a large segment, when only smaller ones (the handshake, a request) ever
+/// got through, is the signature of a black hole. (Linux waits until the stall is as long as
+/// three backed-off minimum RTOs, about 3 s; two RTOs are shorter on any path with an RTT below
+/// about 1 s, and a false alarm only costs a few probes.)
 pub const BLACKHOLE_RTOS: u32 = 2;
+/// The same once segments of that size have got through: the path carried them, so a black hole
+/// now means the path changed, and a few timeouts in a row are more likely loss or an outage.
+pub const BLACKHOLE_RTOS_AFTER_DELIVERY: u32 = 4;
 /// Full segments of new data that must follow a probe, so that its loss shows as SACKs or
 /// duplicate ACKs rather than a timeout (Linux: `reordering + 1`).
 pub const PROBE_TAIL_SEGS: u32 = 4;
@@ -116,6 +120,10 @@ pub struct Plpmtud {
     /// Largest packet size not known to fail.
     high: u32,
     probe: Option<Probe>,
+    /// The largest packet (IP size) the peer has acknowledged.
+    delivered: u32,
+    /// The last reduction was the detection (see `just_detected`).
+    detected: bool,
     /// When the current search started (for the re-probe interval).
     search_start: Instant,
     probes: u64,
@@ -151,6 +159,8 @@ impl Plpmtud {
             low: 0,
             high: 0,
             probe: None,
+            delivered: 0,
+            detected: false,
             search_start: now,
             probes: 0,
             successes: 0,
@@ -194,7 +204,12 @@ impl Plpmtud {
                 self.failed(p);
             }
         }
-        if backoff < BLACKHOLE_RTOS {
+        let needed = if self.delivered >= head_len + self.hdr {
+            BLACKHOLE_RTOS_AFTER_DELIVERY
+        } else {
+            BLACKHOLE_RTOS
+        };
+        if backoff < needed {
             return false;
         }
         //= rfc4821#section-7.7
@@ -215,6 +230,7 @@ impl Plpmtud {
             self.enabled = true;
             self.search_start = now;
         }
+        self.detected = backoff == needed;
         self.low = new_low;
         self.blackholes += 1;
         true
@@ -274,6 +290,18 @@ impl Plpmtud {
             mtu: len + self.hdr,
         });
         self.probes += 1;
+    }
+
+    /// The peer acknowledged a segment of `len` payload bytes (never retransmitted).
+    pub fn on_delivered(&mut self, len: u32) {
+        self.delivered = self.delivered.max(len + self.hdr);
+    }
+
+    /// The last [`Plpmtud::on_rto`] that lowered the MSS declared the black hole (the first
+    /// reduction of a timeout series), rather than halving again: the connection undoes the
+    /// timeouts' window cut there.
+    pub fn just_detected(&self) -> bool {
+        self.detected
     }
 
     /// SND.UNA moved to `una`. Returns true when this acknowledged the probe: the MSS cap rose.
@@ -389,6 +417,11 @@ mod tests {
         assert_eq!(p.range().0, FLOOR_MSS + 52);
         assert!(n <= 4);
         assert_eq!(MtuProbing::Off, "off".parse().unwrap());
+        // Once full-sized segments got through, it takes four timeouts in a row.
+        let mut p = prober(MtuProbing::OnBlackhole);
+        p.on_delivered(1448);
+        assert!(!p.on_rto(t, 3, Seq(1), 1448));
+        assert!(p.on_rto(t, 4, Seq(1), 1448));
         assert!("sometimes".parse::<MtuProbing>().is_err());
     }
 
