@@ -116,6 +116,10 @@ pub struct Common {
     /// Clamp the TCP MSS (bytes) for paths with a smaller MTU, e.g. tunnels.
     #[arg(long)]
     pub mss_clamp: Option<u16>,
+    /// Path MTU probing: off, blackhole (probe after a black hole is detected, as Linux's
+    /// tcp_mtu_probing=1) or always (start at MSS 1024 and probe up, as Linux's 2).
+    #[arg(long, default_value = "blackhole")]
+    pub mtu_probing: String,
     /// Drop SYNs when the SYN queue is full instead of answering with SYN cookies.
     #[arg(long)]
     pub no_syncookies: bool,
@@ -179,6 +183,11 @@ impl Common {
         if let Some(k) = &self.keepalive {
             c.keepalive(Some(dur("--keepalive", k)?));
         }
+        let probing = self
+            .mtu_probing
+            .parse()
+            .map_err(|e| format!("--mtu-probing: {e}"))?;
+        c.mtu_probing(probing, Duration::from_secs(600));
         Ok(c)
     }
 }

@@ -324,6 +324,9 @@ fn details(c: &Value) -> String {
     }
     f.push(format!("rtt:{}/{}", ms(n("rtt_us")), ms(n("rttvar_us"))));
     f.push(format!("mss:{mss}"));
+    if n("pmtu") > 0 {
+        f.push(format!("pmtu:{}", n("pmtu")));
+    }
     f.push(format!("rcvmss:{}", n("rcv_mss")));
     f.push(format!("cwnd:{}", n("cwnd_bytes") / mss));
     // Linux prints ssthresh only once it is set (below "infinity").
@@ -395,6 +398,15 @@ fn details(c: &Value) -> String {
     f.push(format!("snd_wnd:{}", n("snd_wnd")));
     if n("min_rtt_us") > 0 {
         f.push(format!("minrtt:{}", ms(n("min_rtt_us"))));
+    }
+    // Path MTU probing (not in Linux's ss): black holes detected, probes ok/sent.
+    if n("mtu_probes") > 0 || n("blackholes_detected") > 0 {
+        f.push(format!(
+            "mtu_probes:{}/{} blackholes:{}",
+            n("mtu_probe_successes"),
+            n("mtu_probes"),
+            n("blackholes_detected")
+        ));
     }
     f.join(" ")
 }

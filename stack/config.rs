@@ -83,6 +83,8 @@ pub struct Config {
     pub(crate) slow_start_after_idle: bool,
     pub(crate) keepalive: Option<Duration>,
     pub(crate) recovery: crate::stack::tcp::config::Recovery,
+    pub(crate) mtu_probing: crate::stack::tcp::pmtu::MtuProbing,
+    pub(crate) mtu_probe_interval: Duration,
 }
 
 impl Default for Config {
@@ -110,6 +112,8 @@ impl Default for Config {
             slow_start_after_idle: false,
             keepalive: None,
             recovery: Default::default(),
+            mtu_probing: Default::default(),
+            mtu_probe_interval: Duration::from_secs(600),
         }
     }
 }
@@ -262,6 +266,19 @@ impl Config {
     /// loss-based congestion control off).
     pub fn recovery(&mut self, r: crate::stack::tcp::config::Recovery) -> &mut Self {
         self.recovery = r;
+        self
+    }
+
+    /// Path MTU black-hole detection and MSS probing for new connections (default: after a
+    /// black hole is detected, as Linux's `tcp_mtu_probing=1`), and how long after a search
+    /// ends the path is probed again (default 600 s, as Linux's `tcp_probe_interval`).
+    pub fn mtu_probing(
+        &mut self,
+        mode: crate::stack::tcp::pmtu::MtuProbing,
+        interval: Duration,
+    ) -> &mut Self {
+        self.mtu_probing = mode;
+        self.mtu_probe_interval = interval;
         self
     }
 

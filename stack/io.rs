@@ -167,6 +167,8 @@ impl ConnDefaults {
             cc: c.cc,
             slow_start_after_idle: c.slow_start_after_idle,
             recovery: c.recovery,
+            mtu_probing: c.mtu_probing,
+            mtu_probe_interval: c.mtu_probe_interval,
             ..TcpConfig::default()
         };
         ConnDefaults {

@@ -120,6 +120,11 @@ fn pacing() {
     feature("pacing");
 }
 
+#[test]
+fn path_mtu_probing() {
+    feature("pmtu");
+}
+
 /// Every feature directory has a test above.
 #[test]
 fn every_directory_is_run() {
@@ -142,6 +147,7 @@ fn every_directory_is_run() {
         "tlp",
         "undo",
         "pacing",
+        "pmtu",
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
     for e in std::fs::read_dir(&root).unwrap() {

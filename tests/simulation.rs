@@ -51,6 +51,7 @@ fn scenario(seed: u64) -> Scenario {
             },
             rate_bps: rate.then(|| log_uniform(r, 1_000_000, 1_000_000_000)),
             queue_bytes: log_uniform(r, 8_000, 500_000) as usize,
+            blackhole_above: None,
         }
     };
     let up = link(&mut r);

@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 use super::cc::CcAlgorithm;
+pub use super::pmtu::MtuProbing;
 use std::time::Duration;
 
 /// Keepalive probing (off unless set): first probe after `idle` without a segment from the
@@ -89,6 +90,11 @@ pub struct TcpConfig {
     /// SYN-ACK retransmissions before a half-open connection is dropped (`tcp_synack_retries`).
     pub synack_retries: u32,
     pub recovery: Recovery,
+    /// Path MTU black-hole detection and MSS probing (`stack::tcp::pmtu`; Linux
+    /// `tcp_mtu_probing`, default as Linux's 1: after a black hole is detected).
+    pub mtu_probing: MtuProbing,
+    /// How long after a search ends the path is probed again (Linux `tcp_probe_interval`).
+    pub mtu_probe_interval: Duration,
 }
 
 impl Default for TcpConfig {
@@ -117,6 +123,8 @@ impl Default for TcpConfig {
             syn_retries: 6,
             synack_retries: 5,
             recovery: Recovery::default(),
+            mtu_probing: MtuProbing::default(),
+            mtu_probe_interval: Duration::from_secs(600),
         }
     }
 }

@@ -60,8 +60,9 @@
 
 use super::cc::{AckSample, CongestionControl};
 use super::config::TcpConfig;
+use super::pmtu::{Plpmtud, ProbeRoom};
 use super::recovery::rack::DUP_THRESH;
-use super::recovery::scoreboard::{EVER_RETRANS, RETRANS, SACKED};
+use super::recovery::scoreboard::{EVER_RETRANS, LOST, RETRANS, SACKED};
 use super::recovery::{Pacer, Prr, Rack, RateSample, RateSampler, Scoreboard};
 use super::rx_buf::RecvBuffer;
 use super::segment::{Flags, Options, SackBlocks, Segment, Timestamp};
@@ -205,6 +206,16 @@ pub struct TcpInfo {
     pub delivered_bytes: u64,
     /// The pacing rate in use, bytes per second (0: not paced).
     pub pacing_rate_bps: u64,
+    /// Path MTU in use: the IP packet size of a full-sized segment (after ICMP and MTU
+    /// probing; Linux's `tcpi_pmtu` is the route's MTU instead).
+    pub pmtu: u32,
+    /// MTU probes sent, acknowledged (the MSS rose) and lost (the search range fell), and
+    /// retransmission timeouts taken as an MTU black hole (each lowered the MSS); see
+    /// `stack::tcp::pmtu`.
+    pub mtu_probes: u64,
+    pub mtu_probe_successes: u64,
+    pub mtu_probe_failures: u64,
+    pub blackholes_detected: u64,
 }
 
 /// What limited the sender when it last stopped (for the `*_limited_us` counters).
@@ -262,6 +273,8 @@ pub struct Conn {
     peer_fin: Option<Seq>,
     fin_received: bool,
     rcv_mss: u32,
+    /// Payload of the last data segment received (for `rcv_mss`).
+    last_seg_len: u32,
 
     // ---- options
     ts_enabled: bool,
@@ -350,6 +363,8 @@ pub struct Conn {
     limit: Limit,
     limit_since: Instant,
     info: TcpInfo,
+    /// Path MTU black-hole detection and probing (pmtu.rs).
+    pmtu: Plpmtud,
 }
 
 /// What it takes to undo a congestion response found spurious (Linux's `undo_marker`,
@@ -382,6 +397,8 @@ enum Payload {
     New(u32, bool),
     /// A retransmission of at most this many data bytes of the record at the sequence number.
     Rtx(u32),
+    /// An MTU probe: this many bytes of new data from SND.NXT, more than the MSS (pmtu.rs).
+    Probe(u32),
 }
 
 /// Linux's worst-case delayed-ACK time for a one-segment flight in the PTO (RFC 8985 §7.2).
@@ -446,6 +463,7 @@ impl Conn {
             peer_fin: None,
             fin_received: false,
             rcv_mss: cfg.advertised_mss() as u32,
+            last_seg_len: 0,
             ts_enabled: false,
             ts_recent: 0,
             ts_recent_at: now,
@@ -506,6 +524,7 @@ impl Conn {
             limit: Limit::None,
             limit_since: now,
             info: TcpInfo::default(),
+            pmtu: Plpmtud::new(cfg.mtu_probing, cfg.mtu_probe_interval, now),
             cfg,
         }
     }
@@ -621,8 +640,13 @@ impl Conn {
     }
 
     fn update_mss(&mut self) {
-        let base = (self.peer_mss as u32).min(self.cfg.advertised_mss() as u32);
+        let mut base = (self.peer_mss as u32).min(self.cfg.advertised_mss() as u32);
         let opt = if self.ts_enabled { 12 } else { 0 };
+        // MTU probing caps the MSS at the largest size the path is known to carry.
+        self.pmtu.set_path(base, opt);
+        if let Some(cap) = self.pmtu.mss_cap() {
+            base = base.min(cap);
+        }
         self.snd_mss = base.saturating_sub(opt).max(64);
     }
 
@@ -742,6 +766,13 @@ impl Conn {
         i.reo_wnd_mult = self.rack.reo_wnd_mult();
         i.delivered_bytes = self.rate.delivered;
         i.pacing_rate_bps = self.pacing_rate().unwrap_or(0);
+        i.pmtu = self.pmtu.mtu_of(self.snd_mss);
+        (
+            i.mtu_probes,
+            i.mtu_probe_successes,
+            i.mtu_probe_failures,
+            i.blackholes_detected,
+        ) = self.pmtu.counters();
         let open = now.saturating_since(self.limit_since).as_micros() as u64;
         match self.limit {
             Limit::Cwnd => i.cwnd_limited_us += open,
@@ -1235,11 +1266,15 @@ impl Conn {
         let tsval_of = |at: Instant| (at.as_millis() as u32).wrapping_add(ts_offset);
         let (rack, rate) = (&mut self.rack, &mut self.rate);
         let high_seq = self.frto.map(|f| f.high);
+        let mut largest_original = 0u32;
         let out = self.sb.on_ack(ack, blocks, self.snd_max, high_seq, |s| {
             //= rfc8985#section-6.2
             // Step 2: the RTT of a retransmitted segment is only trusted when it cannot be the
             // ACK of the original (longer than min RTT, and the echo is not older).
             let retx = s.has(EVER_RETRANS);
+            if !retx {
+                largest_original = largest_original.max(s.len() - s.fin as u32);
+            }
             let rtt_ok = !retx
                 || (now.saturating_since(s.sent_at) >= min_rtt
                     && ecr.is_none_or(|e| ts_le(tsval_of(s.sent_at), e)));
@@ -1247,6 +1282,7 @@ impl Conn {
             rate.on_delivered(now, s.len() as u64, s.sent_at, s.end.0, retx, &s.tx);
         });
         debug_assert!(self.sb.check());
+        self.pmtu.on_delivered(largest_original);
 
         // ---- the cumulative ACK
         let mut rtt = None;
@@ -1264,6 +1300,9 @@ impl Conn {
                 self.snd_nxt = ack;
             }
             self.info.bytes_acked += data_acked as u64;
+            if self.pmtu.on_ack(ack) {
+                self.update_mss(); // an MTU probe got through: larger segments from now on
+            }
 
             // RTT: the timed segment (Karn: cleared on retransmission) or the timestamp echo.
             if let Some((end, sent)) = self.rtt_timed {
@@ -1595,8 +1634,31 @@ impl Conn {
         }
     }
 
-    /// A loss was detected in the Open state: fast recovery starts (RFC 6675 §5 step 4).
+    /// The MTU probe at the head is lost and nothing before it was: its size does not pass the
+    /// path, which says nothing about congestion (Linux's tcp_mtup_probe_failed with
+    /// tcp_simple_retransmit). The probe goes again in MSS-sized pieces in the Loss state until
+    /// it is acknowledged, without a window cut; losses behind it start recovery after that.
+    fn mtu_probe_lost(&mut self) -> bool {
+        let head_lost = self.sb.get(0).is_some_and(|s| s.has(LOST));
+        let Some(end) = self.pmtu.probe_end() else {
+            return false;
+        };
+        if !head_lost || !self.pmtu.probe_starts_at(self.snd_una) {
+            return false;
+        }
+        self.pmtu.on_probe_lost();
+        self.loss_high = Some(end);
+        self.undo = Undo::default();
+        self.frto = None;
+        true
+    }
+
+    /// A loss was detected in the Open state: fast recovery starts (RFC 6675 §5 step 4), unless
+    /// the loss is only a path MTU probe's.
     fn enter_recovery(&mut self, now: Instant) {
+        if self.mtu_probe_lost() {
+            return; // the loss was an MTU probe's: no congestion response (pmtu.rs)
+        }
         self.in_recovery = true;
         self.recover = self.snd_max;
         self.rescue_done = false;
@@ -1746,7 +1808,16 @@ impl Conn {
             self.rcv_nxt += w.advanced as u32;
             self.rcv_nxt_off += w.advanced as u64;
         }
-        self.rcv_mss = self.rcv_mss.max(seg.len.min(65535));
+        // Linux's tcp_measure_rcv_mss: the largest segment seen, or, when the sender's MSS fell
+        // (ICMP, MTU probing, a clamp), two segments in a row of the same smaller size (at least
+        // 536 bytes). Else "every second full-sized segment" never holds for the smaller
+        // segments and the receiver ACKs only on the delayed-ACK timer, which throttles the
+        // sender's slow start to a few ACKs per round trip.
+        let len = seg.len.min(65535);
+        if len >= self.rcv_mss || (len >= 536 && len == self.last_seg_len) {
+            self.rcv_mss = len;
+        }
+        self.last_seg_len = len;
         //= rfc9293#section-3.8.6.3
         // ACK at once for out-of-order data, for data that fills a hole, and during quick-ACK;
         // otherwise at least every second full-sized segment, or after the delayed-ACK timeout.
@@ -1978,6 +2049,23 @@ impl Conn {
                     });
                 } else {
                     self.frto = None;
+                }
+                // Timeouts in a row of a large segment may be an MTU black hole (pmtu.rs): the
+                // MSS falls, and what is in flight goes again in the smaller size below.
+                let head_len = self.sb.get(0).map_or(0, |s| s.len() - s.fin as u32);
+                if self.pmtu.on_rto(now, self.backoff, self.snd_una, head_len) {
+                    self.update_mss();
+                    if self.pmtu.just_detected() {
+                        // The black hole is found: the segments were too large for the path,
+                        // and their timeouts say nothing about congestion. The window and
+                        // ssthresh go back to where they were before this series (as after a
+                        // spurious timeout), rather than crawling up from ssthresh = cwnd/2.
+                        self.cc.on_spurious_congestion();
+                        self.undo = Undo::default();
+                    } else {
+                        // Still stalled at the smaller size: a timeout like any other.
+                        self.cc.on_rto(now, self.snd_mss);
+                    }
                 }
                 //= rfc2018#section-8
                 // The head SACKed at a timeout means the receiver reneged: forget the SACKs.
@@ -2557,6 +2645,9 @@ impl Conn {
         if let Some(i) = self.next_retransmit() {
             return Some(self.retransmit(now, i));
         }
+        if let Some(len) = self.mtu_probe_due(now) {
+            return Some(self.data_segment(now, self.snd_nxt, Payload::Probe(len)));
+        }
         if let Some((len, fin)) = self.next_data_len(false) {
             return Some(self.data_segment(now, self.snd_nxt, Payload::New(len, fin)));
         }
@@ -2581,6 +2672,34 @@ impl Conn {
             return Some(self.retransmit(now, i));
         }
         None
+    }
+
+    /// The payload length of an MTU probe to send now, if the search wants one and the
+    /// connection can take it: the Open state, no SACK blocks to send (they would take the
+    /// probe's room), and windows and data as `Plpmtud::may_send` asks.
+    fn mtu_probe_due(&mut self, now: Instant) -> Option<u32> {
+        if self.in_recovery
+            || self.loss_high.is_some()
+            || self.sb.lost_bytes() > 0
+            || self.snd_nxt != self.snd_max
+            || (self.sack_ok && self.rcvbuf.has_out_of_order())
+        {
+            return None;
+        }
+        let size = self.pmtu.probe_size(now)?;
+        let wnd_end = self.snd_una + self.snd_wnd;
+        let room = ProbeRoom {
+            mss: self.snd_mss,
+            cwnd: self.cc.window(),
+            cwnd_room: self.cwnd_room(),
+            unsent: self.unsent() as u64,
+            wnd_room: if self.snd_nxt.lt(wnd_end) {
+                (wnd_end - self.snd_nxt) as u64
+            } else {
+                0
+            },
+        };
+        (size > self.snd_mss && Plpmtud::may_send(size, &room)).then_some(size)
     }
 
     /// RFC 6675 NextSeg rules 3 and 4, used in RFC 6675 mode (RACK off) during recovery: the
@@ -2648,9 +2767,10 @@ impl Conn {
     fn data_segment(&mut self, now: Instant, seq: Seq, what: Payload) -> Transmit {
         let base = self.data_base();
         let end = self.data_end();
-        let fresh = matches!(what, Payload::New(..));
+        let fresh = matches!(what, Payload::New(..) | Payload::Probe(_));
         let (len, fin) = match what {
             Payload::New(len, fin) => (len, fin),
+            Payload::Probe(len) => (len, false),
             Payload::Rtx(max) => {
                 let data_left = if seq.lt(end) { end - seq } else { 0 };
                 let len = data_left.min(self.snd_mss).min(max);
@@ -2674,7 +2794,11 @@ impl Conn {
         );
         self.attach_sack(&mut seg);
         // SACK blocks take option space from the payload.
-        let room = self.snd_mss.saturating_sub(
+        let seg_max = match what {
+            Payload::Probe(len) => len.max(self.snd_mss),
+            _ => self.snd_mss,
+        };
+        let room = seg_max.saturating_sub(
             seg.opts.sack.len() as u32 * 8 + if seg.opts.sack.is_empty() { 0 } else { 4 },
         );
         let len = len.min(room.max(1));
@@ -2684,6 +2808,7 @@ impl Conn {
         let seg_end = seq + len + fin as u32;
         let retransmit = seq.lt(self.snd_max);
         if retransmit {
+            self.pmtu.on_retransmit(seq, seg_end);
             self.info.retransmits_total += 1;
             self.info.bytes_retrans += len as u64;
             if let Some((timed_end, _)) = self.rtt_timed {
@@ -2713,6 +2838,9 @@ impl Conn {
             .on_send(now, in_flight_before, in_flight_before + seq_len as u64);
         if fresh {
             self.sb.push(seq, seg_end, fin, now, tx);
+            if matches!(what, Payload::Probe(_)) {
+                self.pmtu.on_probe_sent(seq, seg_end, len);
+            }
         } else if let Some(i) = self.sb.find(seq) {
             self.sb.retransmit(i, seq_len, now, tx);
             if self.undo.marker.is_some() {
@@ -2732,6 +2860,12 @@ impl Conn {
             self.snd_max = seg_end;
         }
         if self.rto_at.is_none() {
+            self.rto_at = Some(now + self.rto);
+        } else if retransmit && seq == self.snd_una && self.backoff == 0 {
+            // Resending the head restarts the timer, as Linux's tcp_xmit_retransmit_queue does:
+            // a loss found late (RACK, after a quiet spell of cumulative ACKs) would otherwise
+            // time out before the retransmission's ACK can be back. (After a timeout, on_rto
+            // has set the timer already.)
             self.rto_at = Some(now + self.rto);
         }
         if fresh {

@@ -8,6 +8,7 @@ pub mod cc;
 pub mod config;
 pub mod conn;
 pub mod cookie;
+pub mod pmtu;
 pub mod recovery;
 pub mod rx_buf;
 pub mod segment;

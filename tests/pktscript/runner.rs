@@ -76,6 +76,10 @@ impl<'a> Runner<'a> {
         let mut tolerance = 0.002;
         let mut peer_isn_base = 0xffff_f000u32;
         let mut recovery = longhaul::stack::tcp::config::Recovery::default();
+        let (mut mtu_probing, mut mtu_probe_interval) = (
+            longhaul::stack::tcp::pmtu::MtuProbing::default(),
+            Duration::from_secs(600),
+        );
         for (no, k, v) in &script.config {
             let e = |m: String| format!("{}:{no}: config {k}: {m}", script.path);
             let n = || {
@@ -125,6 +129,12 @@ impl<'a> Runner<'a> {
                 "tlp" => recovery.tlp = on()?,
                 "frto" => recovery.frto = on()?,
                 "pacing" => recovery.pacing = on()?,
+                "mtu_probing" => {
+                    mtu_probing = v
+                        .parse()
+                        .map_err(|x: longhaul::stack::tcp::pmtu::ParseMtuProbingError| e(x.0))?
+                }
+                "mtu_probe_interval_s" => mtu_probe_interval = Duration::from_secs(n()?),
                 "cc" => {
                     cfg.cc(v
                         .parse()
@@ -134,13 +144,14 @@ impl<'a> Runner<'a> {
                     return Err(e(
                         "unknown key (mtu, rmem, wmem, backlog, syncookies, nodelay, mss_clamp, \
                          keepalive_s, user_timeout_s, rto_min_ms, tolerance, peer_isn, rack, tlp, \
-                         frto, pacing, cc)"
+                         frto, pacing, cc, mtu_probing, mtu_probe_interval_s)"
                             .into(),
                     ))
                 }
             }
         }
         cfg.recovery(recovery);
+        cfg.mtu_probing(mtu_probing, mtu_probe_interval);
         let (a, b) = mem::wire(wire_cfg);
         let engine = Engine::new(0, &cfg, ENGINE_MAC, 7, a, ScriptApp::default());
         Ok(Runner {
@@ -828,6 +839,11 @@ fn tcpi_field(i: &ConnInfo, name: &str) -> Option<u64> {
         "delivered_bytes" => t.delivered_bytes,
         "delivery_rate_bps" => t.delivery_rate_bps,
         "pacing_rate_bps" => t.pacing_rate_bps,
+        "pmtu" => t.pmtu as u64,
+        "mtu_probes" => t.mtu_probes,
+        "mtu_probe_successes" => t.mtu_probe_successes,
+        "mtu_probe_failures" => t.mtu_probe_failures,
+        "blackholes_detected" => t.blackholes_detected,
         "recv_queue" => i.recv_queue as u64,
         "send_queue" => i.send_queue as u64,
         "nodelay" => i.nodelay as u64,

@@ -94,6 +94,9 @@ pub struct LinkConfig {
     pub rate_bps: Option<u64>,
     /// Drop-tail queue ahead of the bottleneck, in bytes (only with `rate_bps`).
     pub queue_bytes: usize,
+    /// An MTU black hole: frames whose IP packet is larger than this vanish silently (no ICMP),
+    /// as `longhaul netem --mtu-blackhole` does.
+    pub blackhole_above: Option<usize>,
 }
 
 impl Default for LinkConfig {
@@ -108,6 +111,7 @@ impl Default for LinkConfig {
             jitter: Duration::ZERO,
             rate_bps: None,
             queue_bytes: usize::MAX,
+            blackhole_above: None,
         }
     }
 }
@@ -162,6 +166,8 @@ pub struct LinkStats {
     pub reordered: u64,
     /// Largest bottleneck queue seen, in bytes.
     pub max_queue_bytes: u64,
+    /// Frames dropped by the MTU black hole.
+    pub blackholed: u64,
 }
 
 /// Why [`Sim::drive_until`] gave up.
@@ -225,6 +231,14 @@ impl Link {
     /// duplicated).
     fn admit(&mut self, now: Duration, len: usize, out: &mut Vec<Duration>) {
         self.stats.offered += 1;
+        if self
+            .cfg
+            .blackhole_above
+            .is_some_and(|m| len.saturating_sub(14) > m)
+        {
+            self.stats.blackholed += 1;
+            return;
+        }
         if self.rng.chance(self.cfg.loss) {
             self.stats.lost += 1;
             return;

@@ -135,7 +135,12 @@ impl Rack {
                 break;
             }
             let skip = s.flags & SACKED != 0 || (s.flags & LOST != 0 && s.flags & RETRANS == 0);
-            let before = s.sent_at < xmit_ts || (s.sent_at == xmit_ts && s.end.lt(self.end_seq));
+            // At the same instant, sequence order tells which went first only for original
+            // transmissions: a retransmission sent at that instant may have gone after the
+            // delivered segment (it is answered by this very ACK's successors), and marking it
+            // lost again would resend it once per ACK.
+            let before = s.sent_at < xmit_ts
+                || (s.sent_at == xmit_ts && s.end.lt(self.end_seq) && s.flags & RETRANS == 0);
             if !skip && before {
                 let deadline = s.sent_at + self.rtt + reo_wnd;
                 if deadline <= now {
