@@ -13,6 +13,7 @@
 
 mod support;
 
+use longhaul::stack::tcp::cc::CcAlgorithm;
 use longhaul::stack::tcp::pmtu::MtuProbing;
 use std::time::Duration;
 use support::sim::*;
@@ -41,7 +42,7 @@ struct Outcome {
     blackholed: u64,
 }
 
-fn run(mode: MtuProbing, limit: Duration) -> Outcome {
+fn run(mode: MtuProbing, limit: Duration, cc: CcAlgorithm) -> Outcome {
     let link = LinkConfig {
         delay: RTT / 2,
         rate_bps: Some(RATE_BPS),
@@ -51,7 +52,7 @@ fn run(mode: MtuProbing, limit: Duration) -> Outcome {
     };
     let mut cfg = SimConfig::symmetric(link, 8);
     for c in [&mut cfg.client, &mut cfg.server] {
-        c.mtu_probing(mode, Duration::from_secs(600));
+        c.mtu_probing(mode, Duration::from_secs(600)).cc(cc);
     }
     let plan = |send, send_stream, recv_stream| TransferPlan {
         send,
@@ -129,13 +130,22 @@ fn run(mode: MtuProbing, limit: Duration) -> Outcome {
 
 #[test]
 fn black_hole_transfer_completes_with_probing() {
-    let o = run(MtuProbing::OnBlackhole, Duration::from_secs(600));
+    completes_with_probing(CcAlgorithm::Cubic);
+}
+
+#[test]
+fn black_hole_transfer_completes_with_probing_bbr() {
+    completes_with_probing(CcAlgorithm::Bbr);
+}
+
+fn completes_with_probing(cc: CcAlgorithm) {
+    let o = run(MtuProbing::OnBlackhole, Duration::from_secs(600), cc);
     let t = o.tcp.expect("the client's connection");
     let took = o
         .done
         .unwrap_or_else(|e| panic!("{e}: {} of {BYTES} bytes; {t:?}", o.received));
     println!(
-        "MTU black hole {HOLE} (MTU 1500, RTT {RTT:?}, 100 Mbit/s), 20 MB with probing: {:.2} s; \
+        "{cc:?}: MTU black hole {HOLE} (MTU 1500, RTT {RTT:?}, 100 Mbit/s), 20 MB with probing: {:.2} s; \
          first data {:.2} s after connect; longest pause {:.2} s (bound {STALL_BOUND:?}); \
          pmtu {} snd_mss {}; black holes {} probes {} ok {} lost {}; RTOs {}; frames blackholed {}",
         took.as_secs_f64(),
@@ -171,7 +181,7 @@ fn black_hole_transfer_completes_with_probing() {
 
 #[test]
 fn black_hole_stalls_without_probing() {
-    let o = run(MtuProbing::Off, Duration::from_secs(30));
+    let o = run(MtuProbing::Off, Duration::from_secs(30), CcAlgorithm::Cubic);
     let t = o.tcp.expect("the client's connection");
     println!(
         "MTU black hole {HOLE} without probing: {} bytes in 30 s, {} RTOs, snd_mss {}",
