@@ -75,6 +75,9 @@ impl<Q: Queue, A: App> Engine<Q, A> {
             arp_seen: Vec::new(),
             stopping: false,
         };
+        if core == 0 {
+            e.io.announce(&mut e.queue, &mut e.tx);
+        }
         e.app.on_start(&mut e.io);
         e
     }

@@ -1483,6 +1483,31 @@ impl Io {
         }
     }
 
+    /// Announces our address (RFC 5227 §2.3: an ARP request with our address as sender and
+    /// target). A restarted instance usually has a new MAC; hosts and bridges that cached the old
+    /// one update their entry at once instead of sending into the void until it expires (measured
+    /// in the lab: 60-80 s without connections after a restart on the same address).
+    pub(crate) fn announce<Q: Queue>(&mut self, queue: &mut Q, tx: &mut TxSide<Q::Frame>) {
+        if self.local.ip.is_unspecified() {
+            return;
+        }
+        if let Some(mut frame) = self.tx_frame(queue, tx) {
+            frame.set_len(frame.capacity().max(60));
+            let n = neigh::arp_request(
+                frame.data_mut(),
+                self.local.mac,
+                self.local.ip,
+                self.local.ip,
+            );
+            let len = n.max(60);
+            frame.data_mut()[n..len].fill(0);
+            frame.set_len(len);
+            tx.frames += 1;
+            tx.bytes += len as u64;
+            tx.batch.push(frame);
+        }
+    }
+
     /// The next hop's address is unknown: ask for it (rate limited) and wait for the answer.
     fn resolve_hop<Q: Queue>(
         &mut self,
