@@ -2467,7 +2467,7 @@ impl Conn {
             let to_seq = |o: u64| self.rcv_nxt + (o.wrapping_sub(self.rcv_nxt_off) as u32);
             let (l, mut r) = (to_seq(l), to_seq(r));
             if fin_ooo == Some(r) {
-                r = r + 1;
+                r += 1;
                 fin_told = true;
             }
             sack.push(l, r);
