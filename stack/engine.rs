@@ -227,6 +227,36 @@ mod tests {
     }
 
     #[test]
+    fn core_zero_announces_its_address_at_start() {
+        use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame};
+        let (q, mut peer) = mem::wire(MemConfig::default());
+        let mut cfg = Config::new();
+        cfg.ip("198.18.0.1/24").unwrap();
+        let mac = [2, 0, 0, 0, 0, 1];
+        let mut e = Engine::new(0, &cfg, mac, 1, q, Waker(Vec::new()));
+        e.poll(Duration::ZERO);
+        let mut got = Vec::new();
+        peer.rx_burst(&mut got, 8);
+        assert_eq!(got.len(), 1, "one announcement");
+        let eth = EthernetFrame::new_checked(got[0].data()).unwrap();
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = arp
+        else {
+            panic!("not an IPv4 ARP: {arp:?}");
+        };
+        assert_eq!(operation, ArpOperation::Request);
+        assert_eq!(source_hardware_addr.0, mac);
+        let ip = std::net::Ipv4Addr::new(198, 18, 0, 1);
+        assert_eq!((source_protocol_addr, target_protocol_addr), (ip, ip));
+    }
+
+    #[test]
     fn app_wakeup_fires_once_at_its_deadline_and_bounds_the_sleep() {
         let (q, _peer) = mem::wire(MemConfig::default());
         let mut cfg = Config::new();

@@ -343,6 +343,10 @@ impl<'a> Runner<'a> {
                     self.send_frame(&r)?;
                     arp = true;
                 }
+                // The stack announces its own address at start (RFC 5227); nothing to answer.
+                Parsed::ArpRequest {
+                    sender_ip, target, ..
+                } if target == sender_ip => {}
                 Parsed::ArpRequest { target, .. } => self.pending.push_back(Seen {
                     at: self.now,
                     flow: None,
