@@ -3,9 +3,10 @@
 
 mod common;
 
+use common::servers::*;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpStream};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,59 +19,6 @@ fn proxy_addr() -> SocketAddrV4 {
 
 fn upstream(port: u16) -> String {
     format!("{KERNEL_IP}:{port}")
-}
-
-/// Starts a kernel server on 198.18.0.1:`port` in `ns`; `serve` handles each connection on its own
-/// thread. The listener thread lives until the test process ends (the namespace goes first).
-fn kernel_server(ns: &Netns, port: u16, serve: fn(TcpStream)) {
-    let listener =
-        ns.run(move || TcpListener::bind(SocketAddrV4::new(KERNEL_IP, port)).expect("bind"));
-    ns.spawn(move || {
-        for s in listener.incoming() {
-            let Ok(s) = s else { return };
-            std::thread::spawn(move || serve(s));
-        }
-    });
-}
-
-fn echo(mut s: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
-}
-
-const HTTP_BODY: u64 = 100 << 20;
-
-/// Answers one HTTP request with HTTP_BODY bytes of pattern 1, then closes.
-fn http_100mib(mut s: TcpStream) {
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    while r.read_line(&mut line).is_ok_and(|n| n > 2) {
-        line.clear();
-    }
-    let _ = write!(
-        s,
-        "HTTP/1.1 200 OK\r\nContent-Length: {HTTP_BODY}\r\nConnection: close\r\n\r\n"
-    );
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    while off < HTTP_BODY {
-        let n = (HTTP_BODY - off).min(buf.len() as u64) as usize;
-        fill_pattern(1, off, &mut buf[..n]);
-        if s.write_all(&buf[..n]).is_err() {
-            return;
-        }
-        off += n as u64;
-    }
 }
 
 /// Writes pattern bytes until the connection breaks.

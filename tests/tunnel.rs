@@ -9,9 +9,10 @@
 
 mod common;
 
+use common::servers::*;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -203,58 +204,6 @@ fn counter(line: &str, key: &str) -> u64 {
         .nth(1)
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Starts a kernel TCP server on 198.18.0.1:`port`; `serve` handles each connection on a thread.
-fn kernel_server(ns: &Netns, port: u16, serve: fn(TcpStream)) {
-    let listener =
-        ns.run(move || TcpListener::bind(SocketAddrV4::new(KERNEL_IP, port)).expect("bind"));
-    ns.spawn(move || {
-        for s in listener.incoming() {
-            let Ok(s) = s else { return };
-            std::thread::spawn(move || serve(s));
-        }
-    });
-}
-
-fn echo(mut s: TcpStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if s.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = s.shutdown(Shutdown::Write);
-}
-
-const HTTP_BODY: u64 = 100 << 20;
-
-/// Answers one HTTP request with HTTP_BODY bytes of pattern 1, then closes.
-fn http_100mib(mut s: TcpStream) {
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    while r.read_line(&mut line).is_ok_and(|n| n > 2) {
-        line.clear();
-    }
-    let _ = write!(
-        s,
-        "HTTP/1.1 200 OK\r\nContent-Length: {HTTP_BODY}\r\nConnection: close\r\n\r\n"
-    );
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    while off < HTTP_BODY {
-        let n = (HTTP_BODY - off).min(buf.len() as u64) as usize;
-        fill_pattern(1, off, &mut buf[..n]);
-        if s.write_all(&buf[..n]).is_err() {
-            return;
-        }
-        off += n as u64;
-    }
 }
 
 /// Reads until the client's FIN, then answers with how many bytes came and a pattern tail.

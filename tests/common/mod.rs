@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod servers;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
