@@ -391,27 +391,6 @@ fn connect_timeout_moves_on_from_a_silent_upstream() {
     );
 }
 
-/// Reads what the client sends, then resets the connection (SO_LINGER 0).
-fn read_then_reset(mut s: TcpStream) {
-    let mut buf = [0u8; 5];
-    let _ = s.read_exact(&mut buf);
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads a live linger struct of the size given, on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    drop(s);
-}
-
 #[test]
 fn an_upstream_reset_resets_the_client() {
     if !root_or_skip("an_upstream_reset_resets_the_client") {

@@ -223,27 +223,6 @@ fn count_then_reply(mut s: TcpStream) {
     let _ = s.write_all(&tail);
 }
 
-/// Reads five bytes, then resets the connection (SO_LINGER 0).
-fn read_then_reset(mut s: TcpStream) {
-    let mut buf = [0u8; 5];
-    let _ = s.read_exact(&mut buf);
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads a live linger struct of the size given, on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    drop(s);
-}
-
 /// curl through the tunnel to a kernel HTTP server; returns the body.
 fn curl(lab: &Lab, path: &str, max_time: &str) -> (bool, Vec<u8>) {
     let out = std::env::temp_dir().join(format!(

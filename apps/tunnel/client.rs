@@ -366,12 +366,8 @@ impl App for Client {
             }
             Event::Error(tcp, _) => {
                 self.waiting.retain(|&c| c != tcp);
-                let ch = self.relay.by_tcp.get(&tcp).map(|k| k.0);
-                let conn = match (self.quic.as_mut(), ch) {
-                    (Some(q), Some(ch)) => q.conns.get_mut(&ch),
-                    _ => None,
-                };
-                self.relay.tcp_failed(tcp, conn);
+                let conns = self.quic.as_mut().map(|q| &mut q.conns);
+                self.relay.tcp_failed(tcp, conns);
             }
             _ => {}
         }

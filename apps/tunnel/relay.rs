@@ -250,12 +250,17 @@ impl Relay {
         }
     }
 
-    /// The TCP leg failed: the stream is reset both ways. Returns its key.
-    pub fn tcp_failed(&mut self, tcp: ConnId, conn: Option<&mut Connection>) -> Option<Key> {
+    /// The TCP leg failed: the stream is reset both ways (on its QUIC connection among `conns`,
+    /// when that is still there). Returns its key.
+    pub fn tcp_failed(
+        &mut self,
+        tcp: ConnId,
+        conns: Option<&mut HashMap<ConnectionHandle, Connection>>,
+    ) -> Option<Key> {
         let key = self.by_tcp.remove(&tcp)?;
         let f = self.flows.remove(&key)?;
         let c = if f.ready { code::RESET } else { code::REFUSED };
-        if let Some(conn) = conn {
+        if let Some(conn) = conns.and_then(|c| c.get_mut(&key.0)) {
             reset_stream(conn, key.1, c);
         }
         self.counters.streams_reset += 1;

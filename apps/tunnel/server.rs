@@ -152,12 +152,7 @@ impl App for Server {
             Event::Closed(tcp) => self.relay.tcp_closed(tcp),
             Event::Error(tcp, _) => {
                 let conns = self.quic.as_mut().map(|q| &mut q.conns);
-                let ch = self.relay.by_tcp.get(&tcp).map(|k| k.0);
-                let conn = match (conns, ch) {
-                    (Some(c), Some(ch)) => c.get_mut(&ch),
-                    _ => None,
-                };
-                self.relay.tcp_failed(tcp, conn);
+                self.relay.tcp_failed(tcp, conns);
             }
             _ => {}
         }

@@ -60,3 +60,24 @@ pub fn http_100mib(mut s: TcpStream) {
         off += n as u64;
     }
 }
+
+/// Reads five bytes, then resets the connection (SO_LINGER 0 and close).
+pub fn read_then_reset(mut s: TcpStream) {
+    let mut buf = [0u8; 5];
+    let _ = s.read_exact(&mut buf);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a live linger struct of the size given, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(s);
+}
