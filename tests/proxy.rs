@@ -469,6 +469,13 @@ fn bad_leg_options_are_one_line_errors() {
 /// The congestion control of every live connection of `pid`, by remote port: `longhaul stat
 /// --json` is what an operator would look at.
 fn leg_cc(pid: u32) -> Vec<(u16, String)> {
+    // The control socket is bound just after the ready line is printed.
+    let sock = format!("/run/longhaul/{pid}.sock");
+    assert!(
+        wait_for(Duration::from_secs(5), || std::path::Path::new(&sock)
+            .exists()),
+        "no control socket at {sock}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_longhaul"))
         .args(["stat", "--pid", &pid.to_string(), "--json"])
         .output()
