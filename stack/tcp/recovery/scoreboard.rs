@@ -18,6 +18,7 @@
 use super::rate::TxSnapshot;
 use crate::stack::tcp::seq::Seq;
 use crate::stack::tcp::time::Instant;
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 /// The receiver has the segment (SACKed).
@@ -92,8 +93,9 @@ pub struct Scoreboard {
     /// SACK blocks of the previous ACK (already applied).
     cache: [(Seq, Seq); 4],
     cache_len: usize,
-    /// No lost, not-yet-retransmitted record starts below this.
-    rtx_hint: Option<Seq>,
+    /// No lost, not-yet-retransmitted record starts below this (`None`: none at all). A
+    /// `Cell` because [`next_lost`](Self::next_lost), a query, moves it up to what it found.
+    rtx_hint: Cell<Option<Seq>>,
 }
 
 impl Scoreboard {
@@ -200,8 +202,10 @@ impl Scoreboard {
         s.sent_at = now;
         s.tx = tx;
         let out = *s;
-        if self.rtx_hint.is_some_and(|h| h.le(out.start)) {
-            self.rtx_hint = Some(out.end);
+        // Only the first candidate moves the hint: a record resent out of turn (a tail loss
+        // probe, RFC 6675 rule 3) may lie above lost records still waiting.
+        if self.rtx_hint.get() == Some(out.start) {
+            self.rtx_hint.set(Some(out.end));
         }
         out
     }
@@ -227,8 +231,8 @@ impl Scoreboard {
             len
         };
         let start = s.start;
-        if self.rtx_hint.is_none_or(|h| start.lt(h)) {
-            self.rtx_hint = Some(start);
+        if self.rtx_hint.get().is_none_or(|h| start.lt(h)) {
+            self.rtx_hint.set(Some(start));
         }
         newly
     }
@@ -256,7 +260,7 @@ impl Scoreboard {
             s.flags &= !LOST;
         }
         self.lost = 0;
-        self.rtx_hint = None;
+        self.rtx_hint.set(None);
     }
 
     /// The peer dropped data it had SACKed (reneging, RFC 2018 §8): forget every SACK.
@@ -283,15 +287,25 @@ impl Scoreboard {
     }
 
     /// The first record marked lost and not retransmitted since (RFC 6675 NextSeg rule 1).
-    /// The search starts at a hint kept by [`mark_lost`](Self::mark_lost) and
-    /// [`retransmit`](Self::retransmit), so a recovery walks the board once, not per segment.
+    /// The search starts at a hint lowered by [`mark_lost`](Self::mark_lost) and raised by
+    /// [`retransmit`](Self::retransmit) and by the search itself (to what it found, or past the
+    /// last record), so a recovery walks the board once, not once per call: the sender asks on
+    /// every transmit opportunity, mostly when nothing is lost beyond the hint.
     pub fn next_lost(&self) -> Option<usize> {
-        let hint = self.rtx_hint?;
+        let hint = self.rtx_hint.get()?;
         let from = self.segs.partition_point(|s| s.end.le(hint));
-        (from..self.segs.len()).find(|&i| {
+        let found = (from..self.segs.len()).find(|&i| {
             let s = &self.segs[i];
             s.has(LOST) && !s.has(RETRANS) && !s.has(SACKED)
-        })
+        });
+        let new_hint = match found {
+            Some(i) => self.segs[i].start,
+            None => self.segs.back().map_or(hint, |s| s.end),
+        };
+        if new_hint.gt(hint) {
+            self.rtx_hint.set(Some(new_hint));
+        }
+        found
     }
 
     /// Joins the lost, never-retransmitted records after record `i` into it while it is
@@ -389,7 +403,7 @@ impl Scoreboard {
         }
         if self.segs.is_empty() {
             self.high_sacked = None;
-            self.rtx_hint = None;
+            self.rtx_hint.set(None);
         }
 
         // SACK blocks.
