@@ -94,9 +94,9 @@ fn run(cc: CcAlgorithm, seed: u64, bytes: u64) -> Measured {
                 if let Some(c) = s.client.io().all_info().first() {
                     let t = &c.tcp;
                     println!(
-                        "t={:.1} {} cwnd={} inflight={} pacing={} delivery={} rtt={} lost_rack={} rtx={} rto={} recov={} undos={} sndq={} rwnd={}",
+                        "t={:.1} {} cwnd={} inflight={} pacing={} delivery={} rtt={} lost_rack={} lost_dupack={} tlp={} rtx={} rto={} recov={} undos={} sndq={} rwnd={}",
                         now.as_secs_f64(), c.cc_state, t.cwnd_bytes, t.in_flight_bytes, t.pacing_rate_bps,
-                        t.delivery_rate_bps, t.rtt_us, t.lost_rack, t.retransmits_total, t.rto_count,
+                        t.delivery_rate_bps, t.rtt_us, t.lost_rack, t.lost_dupack, t.tlp_probes, t.retransmits_total, t.rto_count,
                         t.recoveries, t.spurious_undos, c.send_queue, t.snd_wnd
                     );
                 }

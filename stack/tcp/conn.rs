@@ -1440,6 +1440,7 @@ impl Conn {
                 tx_in_flight: rs.tx_in_flight,
                 rate_lost: rs.lost,
                 rate_is_retrans: rs.is_retrans,
+                rate_rtt: rs.rtt,
             };
             self.cc.on_ack(&sample);
             self.grow_send_buffer();
@@ -1498,7 +1499,13 @@ impl Conn {
             self.rack_at = None;
             return 0;
         }
-        let sack_info = self.sack_ok && (self.sb.sacked_bytes() > 0 || !no_blocks);
+        // A peer that has sent SACK blocks is a working SACK receiver: an ACK without blocks
+        // then says nothing above SND.UNA arrived, not that SND.UNA's segment is lost, and the
+        // NewReno partial-ACK rule below would resend the head on every such ACK (39 spurious
+        // resends in one slow start at 250 ms). Linux uses the SACK/RACK path once SACK is
+        // negotiated; the NewReno rules stay for a peer that negotiated SACK but sends none.
+        let sack_info =
+            self.sack_ok && (self.sb.sacked_bytes() > 0 || !no_blocks || self.info.sacks_in > 0);
         if sack_info && self.cfg.recovery.rack {
             let srtt = self.srtt.unwrap_or(self.rto);
             let reo = self.rack.reo_wnd(

@@ -112,6 +112,9 @@ const DEFAULT_CWND_GAIN: f64 = 2.0;
 const PROBE_DOWN_PACING_GAIN: f64 = 0.9;
 const PROBE_UP_PACING_GAIN: f64 = 1.25;
 const PROBE_UP_CWND_GAIN: f64 = 2.25;
+/// In ProbeBW_UP, a flight this many estimated BDPs, held for a min_rtt, means a queue is
+/// building: the probe has found what it can (Linux v3 `bw_probe_pif_gain`).
+const PROBE_UP_QUEUE_GAIN: f64 = 1.25;
 const PROBE_RTT_CWND_GAIN: f64 = 0.5;
 /// Pace 1% below the bandwidth estimate.
 const PACING_MARGIN: f64 = 0.99;
@@ -131,6 +134,8 @@ const STARTUP_FULL_LOSS_COUNT: u32 = 6;
 const EXTRA_ACKED_FILTER_LEN: u64 = 10;
 const MIN_RTT_FILTER_LEN: Duration = Duration::from_secs(10);
 const PROBE_RTT_INTERVAL: Duration = Duration::from_secs(5);
+/// A sample within 1/this of the ProbeRTT min refreshes it (see `update_min_rtt`).
+const NEAR_MIN_RTT_DIV: u64 = 64;
 const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
 /// Drain gives up waiting for the queue to empty after this many rounds.
 const DRAIN_MAX_ROUNDS: u64 = 3;
@@ -286,6 +291,8 @@ pub struct Bbr {
     min_rtt_ns: u64,
     min_rtt_stamp: Instant,
     probe_rtt_min_delay_ns: u64,
+    /// A sample near the ProbeRTT min refreshes it (see `update_min_rtt`); off = the draft.
+    pub(super) refresh_near_min: bool,
     probe_rtt_min_stamp: Instant,
     probe_rtt_expired: bool,
     probe_rtt_done_stamp: Option<Instant>,
@@ -312,6 +319,8 @@ pub struct Bbr {
     prev_probe_precautionary: bool,
     ack_phase: AckPhase,
     cycle_stamp: Instant,
+    /// When ProbeBW_UP began (Linux v3's `cycle_mstamp` of the UP phase).
+    up_stamp: Instant,
     bw_probe_wait: Duration,
     is_loss_in_round: bool,
     /// Bytes marked lost in the current loss round.
@@ -378,6 +387,7 @@ impl Bbr {
             min_rtt_ns: INF,
             min_rtt_stamp: now,
             probe_rtt_min_delay_ns: INF,
+            refresh_near_min: true,
             probe_rtt_min_stamp: now,
             probe_rtt_expired: false,
             probe_rtt_done_stamp: None,
@@ -404,6 +414,7 @@ impl Bbr {
             prev_probe_precautionary: false,
             ack_phase: AckPhase::Init,
             cycle_stamp: now,
+            up_stamp: now,
             bw_probe_wait: Duration::ZERO,
             is_loss_in_round: false,
             lost_in_round: 0,
@@ -592,7 +603,7 @@ impl Bbr {
             ack.prior_in_flight.max(ack.in_flight)
         };
         let mut delivery_rate = ack.delivery_rate.unwrap_or(0);
-        if ack.round_start {
+        if self.round_start {
             if ack.delivery_rate.is_none() {
                 // No estimator in the engine: the ACK rate over the round just ended.
                 let elapsed = now.saturating_since(er.start_time).as_nanos();
@@ -624,8 +635,11 @@ impl Bbr {
             } else {
                 ack.is_app_limited
             },
+            // The rate sample's own RTT (send time to this ACK, nanoseconds) when there is one;
+            // the engine's sample (often the whole-millisecond timestamp echo) otherwise.
             rtt_ns: ack
-                .rtt
+                .rate_rtt
+                .or(ack.rtt)
                 .map(|r| r.as_nanos().min(u128::from(u64::MAX - 1)) as u64),
         }
     }
@@ -653,8 +667,8 @@ impl Bbr {
     }
 
     /// `UpdateRound()`, on the BBR round tracker.
-    fn update_round(&mut self, engine_boundary: bool) {
-        self.round_start = self.round.on_ack(engine_boundary, self.delivered);
+    fn update_round(&mut self, engine_boundary: bool, sample: Option<u64>) {
+        self.round_start = self.round.on_ack(engine_boundary, sample, self.delivered);
         if self.round_start {
             self.round_count = self.round_count.saturating_add(1);
             self.rounds_since_probe_up = self.rounds_since_probe_up.saturating_add(1);
@@ -691,9 +705,22 @@ impl Bbr {
         let now = self.now;
         self.probe_rtt_expired = now > self.probe_rtt_min_stamp + PROBE_RTT_INTERVAL;
         if let Some(rtt) = rs.rtt_ns {
-            if rtt < self.probe_rtt_min_delay_ns || self.probe_rtt_expired {
+            let near_min = self.refresh_near_min
+                && self.probe_rtt_min_delay_ns != INF
+                && rtt
+                    <= self.probe_rtt_min_delay_ns + self.probe_rtt_min_delay_ns / NEAR_MIN_RTT_DIV;
+            if rtt < self.probe_rtt_min_delay_ns || (self.probe_rtt_expired && !near_min) {
                 self.probe_rtt_min_delay_ns = rtt;
                 self.probe_rtt_min_stamp = now;
+            } else if near_min {
+                // Deliberate difference from the draft (and Linux), which refresh only on a
+                // strictly lower sample: a sample within 1/64 of the min shows the queue as
+                // empty as when the min was measured, so ProbeRTT would learn nothing and
+                // costs a round at half a BDP (5% of the throughput every 5 s on a 250 ms
+                // path). A path whose RTT rose, or a standing queue, gives no such sample, and
+                // ProbeRTT comes as before.
+                self.probe_rtt_min_stamp = now;
+                self.probe_rtt_expired = false;
             }
         }
         let min_rtt_expired = now > self.min_rtt_stamp + MIN_RTT_FILTER_LEN;
@@ -899,9 +926,13 @@ impl CongestionControl for Bbr {
             }
         }
 
+        // The rate sample's send-time delivered count times the rounds (see rounds.rs).
+        let sample = (ack.rate_delivered > 0).then_some(ack.prior_delivered);
+        self.update_round(ack.round_start, sample);
+        self.loss_round_start = self
+            .loss_round
+            .on_ack(ack.round_start, sample, self.delivered);
         let rs = self.rate_sample(ack, now);
-        self.update_round(ack.round_start);
-        self.loss_round_start = self.loss_round.on_ack(ack.round_start, self.delivered);
         if lost_now > 0 {
             self.handle_lost(&rs);
         }

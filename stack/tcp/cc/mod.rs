@@ -138,6 +138,10 @@ pub struct AckSample {
     pub rate_lost: u64,
     /// The sample's newest segment was a retransmission.
     pub rate_is_retrans: bool,
+    /// Round-trip time of the sample's newest segment from its send time (nanoseconds, where
+    /// `rtt` is often the whole-millisecond timestamp echo); `None` without a sample or when that
+    /// segment was a retransmission. BBR's min_rtt and ProbeRTT use it, as Linux's `rs->rtt_us`.
+    pub rate_rtt: Option<Duration>,
 }
 
 /// A congestion-control algorithm. See the [module documentation](self) for the call contract.

@@ -51,6 +51,9 @@ pub struct RateSample {
     pub is_retrans: bool,
     /// `delivered` counter of the connection when that segment was sent (BBR's round counting).
     pub prior_delivered: u64,
+    /// That segment's round-trip time, from its send time (nanosecond resolution, unlike the
+    /// millisecond timestamp echo); `None` when it was a retransmission (Karn).
+    pub rtt: Option<Duration>,
 }
 
 /// The connection's delivery counters (draft §3.1 "C.*").
@@ -78,6 +81,7 @@ struct Building {
     tx_in_flight: u64,
     prior_lost: u64,
     sent_at: Instant,
+    rtt: Option<Duration>,
     end_hint: u32,
     is_retrans: bool,
 }
@@ -150,6 +154,7 @@ impl RateSampler {
                 tx_in_flight: tx.in_flight,
                 prior_lost: tx.lost,
                 sent_at,
+                rtt: (!retrans).then(|| now.saturating_since(sent_at)),
                 end_hint: end,
                 is_retrans: retrans,
             });
@@ -186,6 +191,7 @@ impl RateSampler {
             lost: self.lost - b.prior_lost.min(self.lost),
             is_retrans: b.is_retrans,
             prior_delivered: b.prior_delivered,
+            rtt: b.rtt,
         })
     }
 }

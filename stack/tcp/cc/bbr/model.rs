@@ -239,6 +239,8 @@ impl<C: CongestionControl> Sim<C> {
             in_recovery,
             mss: self.path.mss,
             lost_bytes: lost,
+            prior_delivered: p.delivered,
+            rate_delivered: self.totals.delivered - p.delivered,
             ..AckSample::default()
         };
         self.cc.on_ack(&sample);

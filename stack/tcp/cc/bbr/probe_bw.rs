@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::{
     AckPhase, Bbr, BbrState, RateSample, DEFAULT_CWND_GAIN, INF, MAX_WINDOW,
-    PROBE_DOWN_PACING_GAIN, PROBE_UP_CWND_GAIN, PROBE_UP_PACING_GAIN, PROBE_WAIT_BASE,
-    RENO_MAX_ROUNDS,
+    PROBE_DOWN_PACING_GAIN, PROBE_UP_CWND_GAIN, PROBE_UP_PACING_GAIN, PROBE_UP_QUEUE_GAIN,
+    PROBE_WAIT_BASE, RENO_MAX_ROUNDS,
 };
 
 impl Bbr {
@@ -54,6 +54,7 @@ impl Bbr {
             self.max_bw
         };
         self.state = BbrState::ProbeBwUp;
+        self.up_stamp = self.now;
         self.set_gains(PROBE_UP_PACING_GAIN, PROBE_UP_CWND_GAIN);
         self.raise_inflight_longterm_slope();
     }
@@ -102,6 +103,18 @@ impl Bbr {
     pub(super) fn is_time_to_go_down(&mut self, rs: &RateSample) -> bool {
         if self.prev_probe_too_high && self.in_flight >= self.inflight_longterm {
             self.prev_probe_precautionary = true;
+            return true;
+        }
+        // Not in draft-06, as Linux's BBRv3 (bbr_update_cycle_phase, "is_queuing"): once UP has
+        // lasted a min_rtt, a flight of 1.25 estimated BDPs means the extra is queueing, not
+        // finding bandwidth. Without it UP runs to the bandwidth plateau (three rounds) at a
+        // cwnd gain of 2.25 and overflows a 1-BDP queue on a long path (measured at 250 ms:
+        // flight 2 BDP, hundreds of drops and spurious timeouts per probe).
+        let up_for = self.now.saturating_since(self.up_stamp);
+        if self.min_rtt_ns != INF
+            && up_for.as_nanos() >= u128::from(self.min_rtt_ns)
+            && self.in_flight >= self.inflight(self.max_bw, PROBE_UP_QUEUE_GAIN)
+        {
             return true;
         }
         if self.is_cwnd_limited() && self.cwnd >= self.inflight_longterm {

@@ -1,6 +1,7 @@
 //! BBR's ProbeRTT (draft-ietf-ccwg-bbr-06 §5.3.4) and restart from idle (§5.4): when the
-//! min-RTT probe is 5 s old, hold the flight at half a BDP for 200 ms and a round, then go back
-//! to ProbeBW (or Startup); an idle restart counts as the probe and paces at bw.
+//! min-RTT probe is 5 s old (no sample within 1/64 of it since: see `update_min_rtt`), hold
+//! the flight at half a BDP for 200 ms and a round, then go back to ProbeBW (or Startup); an
+//! idle restart counts as the probe and paces at bw.
 
 use super::{AckPhase, Bbr, BbrState, RateSample, PROBE_RTT_CWND_GAIN, PROBE_RTT_DURATION};
 

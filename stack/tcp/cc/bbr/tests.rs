@@ -191,6 +191,9 @@ fn drain_gives_up_after_three_rounds_when_the_queue_persists() {
 /// 1-BDP buffer, 26 s.
 fn steady_run() -> (Sim<Bbr>, Vec<Change>) {
     let mut sim = bbr_sim(path(100, 100, 1, 0.0));
+    // The draft's timing: ProbeRTT every 5 s. (The model's RTT has no jitter, so near-min
+    // samples, which refresh the min here, would skip every ProbeRTT: see the test below.)
+    sim.cc.refresh_near_min = false;
     let changes = run(&mut sim, secs(26));
     (sim, changes)
 }
@@ -225,7 +228,8 @@ fn probe_bw_cycles_down_cruise_refill_up_with_draft_timing() {
     assert!(ups >= 5, "{ups} bandwidth probes in 26 s: {changes:?}");
     // REFILL lasts one round trip (100 ms of ACKs).
     for w in changes.windows(2) {
-        if w[0].to == BbrState::ProbeBwRefill && w[1].from == BbrState::ProbeBwRefill {
+        // (ProbeRTT may cut a REFILL short; it is REFILL -> UP that takes one round.)
+        if w[0].to == BbrState::ProbeBwRefill && w[1].to == BbrState::ProbeBwUp {
             let d = w[1].at.saturating_since(w[0].at);
             assert!(d >= ms(95) && d <= ms(210), "refill {d:?}");
         }
@@ -302,8 +306,37 @@ fn probe_rtt_every_five_seconds_holds_half_a_bdp_then_returns_to_probe_bw() {
 }
 
 #[test]
+fn near_min_samples_skip_probe_rtt_until_the_path_rtt_rises() {
+    // 100 Mbit/s, 100 ms, no jitter: every ProbeBW cycle drains the queue, so RTT samples at
+    // the min keep coming and ProbeRTT has nothing to learn.
+    let mut sim = bbr_sim(path(100, 100, 1, 0.0));
+    let changes = run(&mut sim, secs(14));
+    assert!(
+        changes.iter().all(|c| c.to != BbrState::ProbeRtt),
+        "ProbeRTT on a path whose min RTT keeps being confirmed: {changes:?}"
+    );
+    // The path's RTT rises 4% (a route change): no sample is near the old min any more, so
+    // ProbeRTT comes 5 s later, measures the new RTT, and then is not needed again.
+    sim.path.rtt = ms(104);
+    let changed_at = sim.now;
+    let changes = run(&mut sim, secs(40));
+    let probes: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.to == BbrState::ProbeRtt)
+        .collect();
+    assert_eq!(probes.len(), 1, "{changes:?}");
+    let after = probes[0].at.saturating_since(changed_at);
+    assert!(
+        after >= ms(5_000) && after <= ms(5_500),
+        "ProbeRTT {after:?} after the change"
+    );
+    assert_eq!(sim.cc.min_rtt().map(|d| d.as_millis()), Some(104));
+}
+
+#[test]
 fn probe_rtt_caps_the_window_at_half_the_bdp() {
     let mut sim = bbr_sim(path(100, 100, 1, 0.0));
+    sim.cc.refresh_near_min = false;
     let mut seen = 0;
     sim.run_until(secs(12), |s, _| {
         let cc = &s.cc;
@@ -388,8 +421,9 @@ fn persistent_loss_above_two_percent_lowers_inflight_longterm() {
             );
         }
     });
-    // Startup ended on loss (> 2% over a round in recovery), which set the bound ...
-    assert_eq!(set_at, Some(BbrState::Drain));
+    // The bound was set (Startup now ends on its bandwidth plateau first, with rounds
+    // counted by delivery; a probe that saw > 2% loss set it) ...
+    assert!(set_at.is_some(), "inflight_longterm never set");
     // ... and later probes that saw > 2% loss lowered it again.
     assert!(lowered_in_probe >= 2, "lowered {lowered_in_probe} times");
     assert!(sim.cc.full_bw_reached());
