@@ -120,6 +120,10 @@ pub struct Common {
     /// tcp_mtu_probing=1) or always (start at MSS 1024 and probe up, as Linux's 2).
     #[arg(long, default_value = "blackhole")]
     pub mtu_probing: String,
+    /// Pace CUBIC and NewReno as Linux does under the fq qdisc (2·cwnd/SRTT in slow start,
+    /// 1.2·cwnd/SRTT after) instead of sending bursts as the window opens. BBR always paces.
+    #[arg(long)]
+    pub pacing: bool,
     /// Drop SYNs when the SYN queue is full instead of answering with SYN cookies.
     #[arg(long)]
     pub no_syncookies: bool,
@@ -188,6 +192,12 @@ impl Common {
             .parse()
             .map_err(|e| format!("--mtu-probing: {e}"))?;
         c.mtu_probing(probing, Duration::from_secs(600));
+        if self.pacing {
+            c.recovery(longhaul::stack::tcp::config::Recovery {
+                pacing: true,
+                ..Default::default()
+            });
+        }
         Ok(c)
     }
 }

@@ -309,6 +309,10 @@ fn details(c: &Value) -> String {
     let mss = n("snd_mss").max(1);
     let mut f: Vec<String> = Vec::new();
     f.push(c["cc"].as_str().unwrap_or("?").to_string());
+    // The controller's state right after its name (`cubic avoidance`, `bbr probe_bw_cruise`).
+    if let Some(state) = c["cc_state"].as_str().filter(|s| !s.is_empty()) {
+        f.push(state.to_string());
+    }
     if t["timestamps"].as_bool() == Some(true) {
         f.push("ts".into());
     }
@@ -348,11 +352,21 @@ fn details(c: &Value) -> String {
             f.push(format!("{k}:{}", n(k)));
         }
     }
+    if let Some(model) = bbr_model(t, mss) {
+        f.push(model);
+    }
     let rtt = n("rtt_us");
     if rtt > 0 {
         f.push(format!(
             "send {}",
             rate(n("cwnd_bytes") as f64 * 8.0 * 1e6 / rtt as f64)
+        ));
+    }
+    // pacing_rate_bps is bytes per second (delivery_rate_bps is bits, as Linux's).
+    if n("pacing_rate_bps") > 0 {
+        f.push(format!(
+            "pacing_rate {}",
+            rate(n("pacing_rate_bps") as f64 * 8.0)
         ));
     }
     if n("delivery_rate_bps") > 0 {
@@ -377,6 +391,7 @@ fn details(c: &Value) -> String {
     if n("dsacks_out") > 0 {
         f.push(format!("dsack_out:{}", n("dsacks_out")));
     }
+    f.extend(recovery_fields(t));
     // busy: the time the sender had something to send; then the share each limit took.
     let limited = n("cwnd_limited_us") + n("rwnd_limited_us");
     let busy = n("busy_us") + limited;
@@ -409,6 +424,77 @@ fn details(c: &Value) -> String {
         ));
     }
     f.join(" ")
+}
+
+/// BBR's model as ss prints it, `bbr:(bw:94.1Mbps,mrtt:250,pacing_gain:1.25,cwnd_gain:2.25)`,
+/// plus what ss does not show: `max_bw` when the short-term bound holds `bw` below it, and the
+/// loss-set bounds `bw_lo`, `inflight_hi` and `inflight_lo` (in segments, as `cwnd`) once set.
+/// `None` for an algorithm without a model (every `bbr_*` field 0).
+fn bbr_model(t: &Value, mss: u64) -> Option<String> {
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    let (bw, max_bw) = (n("bbr_bw_bps"), n("bbr_max_bw_bps"));
+    let (pacing_gain, cwnd_gain) = (n("bbr_pacing_gain_pct"), n("bbr_cwnd_gain_pct"));
+    if bw == 0 && max_bw == 0 && pacing_gain == 0 && cwnd_gain == 0 {
+        return None;
+    }
+    let mut m = vec![format!("bw:{}", rate(bw as f64 * 8.0))];
+    if max_bw != bw {
+        m.push(format!("max_bw:{}", rate(max_bw as f64 * 8.0)));
+    }
+    if n("bbr_bw_lo_bps") > 0 {
+        m.push(format!("bw_lo:{}", rate(n("bbr_bw_lo_bps") as f64 * 8.0)));
+    }
+    if n("bbr_min_rtt_us") > 0 {
+        m.push(format!("mrtt:{}", ms(n("bbr_min_rtt_us"))));
+    }
+    m.push(format!("pacing_gain:{}", gain(pacing_gain)));
+    m.push(format!("cwnd_gain:{}", gain(cwnd_gain)));
+    for (k, name) in [
+        ("bbr_inflight_hi_bytes", "inflight_hi"),
+        ("bbr_inflight_lo_bytes", "inflight_lo"),
+    ] {
+        if n(k) > 0 {
+            m.push(format!("{name}:{}", n(k).div_ceil(mss)));
+        }
+    }
+    Some(format!("bbr:({})", m.join(",")))
+}
+
+/// A gain from whole percent: 277 -> `2.77`, 125 -> `1.25`, 90 -> `0.9`, 200 -> `2`.
+fn gain(pct: u64) -> String {
+    let s = format!("{}.{:02}", pct / 100, pct % 100);
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Loss recovery at a glance (not in Linux's ss), each only once nonzero: which detector marked
+/// segments lost (`lost_by:rack/dupack/rto 3/0/1`), congestion responses undone as spurious
+/// (`spurious:undos/rtos`), tail loss probes sent and those that repaired a loss
+/// (`tlp:probes/recoveries`), and `reordering` once RACK saw it (with its window multiplier
+/// when raised: `reordering:2`).
+fn recovery_fields(t: &Value) -> Vec<String> {
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    let mut f = Vec::new();
+    let (rack, dupack, rto) = (n("lost_rack"), n("lost_dupack"), n("lost_rto"));
+    if rack > 0 || dupack > 0 || rto > 0 {
+        f.push(format!("lost_by:rack/dupack/rto {rack}/{dupack}/{rto}"));
+    }
+    if n("spurious_undos") > 0 || n("spurious_rtos") > 0 {
+        f.push(format!(
+            "spurious:{}/{}",
+            n("spurious_undos"),
+            n("spurious_rtos")
+        ));
+    }
+    if n("tlp_probes") > 0 {
+        f.push(format!("tlp:{}/{}", n("tlp_probes"), n("tlp_recoveries")));
+    }
+    if t["reord_seen"].as_bool() == Some(true) {
+        match n("reo_wnd_mult") {
+            m if m > 1 => f.push(format!("reordering:{m}")),
+            _ => f.push("reordering".into()),
+        }
+    }
+    f
 }
 
 // ------------------------------------------------------------------ the app's statistics
@@ -496,6 +582,91 @@ mod tests {
         assert_eq!(table(&Value::Null).lines().count(), 1);
         let odd: Value = serde_json::from_str(r#"[{"tcp":7}]"#).unwrap();
         assert_eq!(table(&odd).lines().count(), 3);
+    }
+
+    /// The detail line of one connection given as JSON.
+    fn detail_line(json: &str) -> String {
+        let v: Value = serde_json::from_str(json).unwrap();
+        let t = table(&v);
+        t.lines().nth(2).unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn bbr_model_pacing_and_state_as_ss_prints_them() {
+        let l = detail_line(
+            r#"[{"state":"Established","cc":"bbr","cc_state":"probe_bw_cruise",
+                 "tcp":{"snd_mss":1000,"cwnd_bytes":2500000,"rtt_us":251000,"min_rtt_us":250000,
+                        "pacing_rate_bps":12275000,"bytes_sent":7,
+                        "bbr_bw_bps":11762500,"bbr_max_bw_bps":11762500,"bbr_min_rtt_us":250000,
+                        "bbr_pacing_gain_pct":100,"bbr_cwnd_gain_pct":225,
+                        "bbr_inflight_hi_bytes":3000500}}]"#,
+        );
+        assert!(l.starts_with("\t bbr probe_bw_cruise rto:"), "{l}");
+        assert!(
+            l.contains(
+                " bytes_sent:7 segs_out:0 segs_in:0 \
+                 bbr:(bw:94.1Mbps,mrtt:250,pacing_gain:1,cwnd_gain:2.25,inflight_hi:3001) send "
+            ),
+            "{l}"
+        );
+        assert!(l.contains(" pacing_rate 98.2Mbps "), "{l}");
+        // Loss has cut bw below max_bw and set the short-term bounds: all shown.
+        let l = detail_line(
+            r#"[{"cc":"bbr","cc_state":"probe_bw_up",
+                 "tcp":{"snd_mss":1000,"bbr_bw_bps":1000000,"bbr_max_bw_bps":2000000,
+                        "bbr_bw_lo_bps":1000000,"bbr_min_rtt_us":1500,
+                        "bbr_pacing_gain_pct":125,"bbr_cwnd_gain_pct":225,
+                        "bbr_inflight_hi_bytes":50000,"bbr_inflight_lo_bytes":40001}}]"#,
+        );
+        assert!(
+            l.contains(
+                " bbr:(bw:8Mbps,max_bw:16Mbps,bw_lo:8Mbps,mrtt:1.5,pacing_gain:1.25,\
+                 cwnd_gain:2.25,inflight_hi:50,inflight_lo:41) "
+            ),
+            "{l}"
+        );
+        // Loss-based: state after the name, no model, no pacing rate unless paced.
+        let l = detail_line(r#"[{"cc":"cubic","cc_state":"avoidance","tcp":{"snd_mss":1448}}]"#);
+        assert!(l.starts_with("\t cubic avoidance rto:"), "{l}");
+        assert!(!l.contains("bbr:") && !l.contains("pacing_rate"), "{l}");
+        let l = detail_line(
+            r#"[{"cc":"cubic","cc_state":"slow_start","tcp":{"pacing_rate_bps":1250}}]"#,
+        );
+        assert!(l.contains(" pacing_rate 10Kbps "), "{l}");
+        assert_eq!(gain(277), "2.77");
+        assert_eq!(gain(90), "0.9");
+        assert_eq!(gain(200), "2");
+        assert_eq!(gain(0), "0");
+    }
+
+    #[test]
+    fn recovery_counters_only_once_nonzero() {
+        let quiet = detail_line(r#"[{"cc":"cubic","tcp":{"reo_wnd_mult":1}}]"#);
+        for absent in ["lost_by", "spurious", "tlp:", "reordering"] {
+            assert!(!quiet.contains(absent), "{absent}: {quiet}");
+        }
+        let l = detail_line(
+            r#"[{"cc":"cubic","tcp":{"lost_rack":3,"lost_dupack":0,"lost_rto":1,
+                 "spurious_undos":2,"spurious_rtos":1,"tlp_probes":5,"tlp_recoveries":2,
+                 "reord_seen":true,"reo_wnd_mult":1,"dsacks_out":1}}]"#,
+        );
+        assert!(
+            l.contains(
+                " dsack_out:1 lost_by:rack/dupack/rto 3/0/1 spurious:2/1 tlp:5/2 reordering busy:"
+            ),
+            "{l}"
+        );
+        let l = detail_line(r#"[{"cc":"cubic","tcp":{"reord_seen":true,"reo_wnd_mult":2}}]"#);
+        assert!(l.contains(" reordering:2 "), "{l}");
+        // Huge counters from a bad peer do not overflow.
+        let l = detail_line(
+            r#"[{"cc":"cubic","tcp":{"lost_rack":18446744073709551615,
+                 "lost_dupack":18446744073709551615}}]"#,
+        );
+        assert!(
+            l.contains("lost_by:rack/dupack/rto 18446744073709551615/"),
+            "{l}"
+        );
     }
 
     #[test]

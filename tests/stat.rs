@@ -2,13 +2,16 @@
 //! that moved data appear with the right state, byte counts, RTT, window and the window scales
 //! Linux negotiated (cross-checked with the kernel's own `ss -tin`); the table prints one block per
 //! connection; the control socket is 0600 and removed on SIGTERM; finding instances in the run
-//! directory, stale sockets, bad requests and missing instances give one clear line.
+//! directory, stale sockets, bad requests and missing instances give one clear line. Through the
+//! emulator (a 20 ms, 50 Mbit/s path) a BBR sender reports its model (bandwidth, min RTT, gains)
+//! in the JSON and the table; `--pacing` gives a CUBIC sender a pacing rate, and without it none.
 //!
 //! Needs root (namespaces, TAP devices); without it each test prints a note and passes.
 
 mod common;
 
-use common::{root_or_skip, Netns, STACK_IP};
+use common::lab::{in_ns, Lab};
+use common::{root_or_skip, spawn_in, Netns, STACK_IP};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -293,4 +296,185 @@ fn stat_finds_instances_and_reports_errors_in_one_line() {
     let quiet = ns_b.spawn_echo(&["--quiet", "--no-pin", "--no-control"]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!Path::new(&format!("/run/longhaul/{}.sock", quiet.pid())).exists());
+}
+
+/// The connection from `port` in a `conns` reply, and its detail line in the table of `out`.
+fn conn_and_line<'a>(list: &'a [Value], table: &str, peer: &str) -> (&'a Value, String) {
+    let c = list
+        .iter()
+        .find(|c| c["remote"] == peer)
+        .unwrap_or_else(|| panic!("connection from {peer} missing: {list:?}"));
+    let lines: Vec<&str> = table.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(peer))
+        .unwrap_or_else(|| panic!("{peer} not in the table:\n{table}"));
+    let line = lines.get(at + 1).copied().unwrap_or_default().to_string();
+    (c, line)
+}
+
+/// `longhaul stat --socket SOCK` as JSON (the `conns` array) and as the table.
+fn stat_both(sock: &Path) -> (Vec<Value>, String) {
+    let sock = sock.to_str().unwrap();
+    let o = stat(&["--socket", sock, "--json"], None);
+    let (out, err) = out_err(&o);
+    assert!(o.status.success(), "stat --json failed:\n{out}\n{err}");
+    let doc: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{out}"));
+    let list = doc.as_array().expect("a JSON array").clone();
+    let o = stat(&["--socket", sock], None);
+    let (table, err) = out_err(&o);
+    assert!(o.status.success(), "stat failed:\n{table}\n{err}");
+    (list, table)
+}
+
+#[test]
+fn stat_shows_the_bbr_model_of_a_sender_on_a_20ms_path() {
+    if !root_or_skip("stat_shows_the_bbr_model_of_a_sender_on_a_20ms_path") {
+        return;
+    }
+    // 10 ms each way: a 20 ms RTT; 50 Mbit/s with a one-BDP queue and no loss.
+    let mut lab = Lab::start(
+        "statbbr",
+        &["--delay", "10ms", "--rate", "50mbit", "--queue", "1bdp"],
+    );
+    let tap = format!("{}e", lab.tap_a);
+    lab.bridge_a_with_tap(&tap);
+    let dir = TempDir::new("statbbr");
+    let sock = dir.0.join("bbr.sock");
+    let echo = spawn_in(
+        &lab.a,
+        &[
+            "echo",
+            "--port",
+            &format!("tap:{tap}"),
+            "--ip",
+            "198.18.0.3/24",
+            "--cc",
+            "bbr",
+            "--quiet",
+            "--no-pin",
+            "--control",
+            sock.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        common::wait_for(Duration::from_secs(5), || sock.exists()),
+        "no control socket; stderr: {}",
+        echo.stderr()
+    );
+    // The kernel in B sends 2 MB and reads them back: longhaul's BBR is the sender of the echo.
+    let mut s = in_ns(&lab.b, || {
+        TcpStream::connect_timeout(
+            &SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 0, 3), 7).into(),
+            Duration::from_secs(10),
+        )
+        .expect("connect to the echo through the emulator")
+    });
+    echo_bytes(&mut s, 2_000_000);
+    let peer = format!("198.18.0.2:{}", s.local_addr().unwrap().port());
+
+    let (list, table) = stat_both(&sock);
+    let (c, line) = conn_and_line(&list, &table, &peer);
+    println!("{table}");
+    let t = &c["tcp"];
+    let num = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {c}"));
+    assert_eq!(c["cc"], "bbr", "{c}");
+    assert_eq!(num("bytes_sent"), 2_000_000, "{c}");
+    // The model saw the path: a bandwidth near the bottleneck (not above it by much; the
+    // bounds are loose, the estimate is a max over samples), the 20 ms RTT, gains.
+    let (bw, max_bw) = (num("bbr_bw_bps"), num("bbr_max_bw_bps"));
+    assert!(bw > 0 && bw <= max_bw, "{c}");
+    let bottleneck = 50_000_000 / 8;
+    assert!(
+        max_bw >= bottleneck / 5 && max_bw <= bottleneck * 3 / 2,
+        "max_bw {max_bw} B/s on a {bottleneck} B/s path: {c}"
+    );
+    let min_rtt = num("bbr_min_rtt_us");
+    assert!(
+        (19_500..30_000).contains(&min_rtt),
+        "BBR min_rtt {min_rtt} us on a 20 ms path: {c}"
+    );
+    assert!(
+        num("bbr_pacing_gain_pct") > 0 && num("bbr_cwnd_gain_pct") > 0,
+        "{c}"
+    );
+    assert!(num("pacing_rate_bps") > 0, "BBR always paces: {c}");
+    // Startup may overflow the one-BDP queue: whatever loss there was, the table says which
+    // detector found it.
+    let lost = [num("lost_rack"), num("lost_dupack"), num("lost_rto")];
+    if lost.iter().any(|&n| n > 0) {
+        let by = format!(
+            " lost_by:rack/dupack/rto {}/{}/{} ",
+            lost[0], lost[1], lost[2]
+        );
+        assert!(line.contains(&by), "{by}: {line}");
+    }
+    // The table: the state after the name, the model as ss prints it, the pacing rate.
+    let state = c["cc_state"].as_str().unwrap();
+    assert!(line.starts_with(&format!("\t bbr {state} ")), "{line}");
+    assert!(
+        line.contains(" bbr:(bw:") && line.contains("bps,"),
+        "{line}"
+    );
+    assert!(
+        line.contains(",mrtt:") && line.contains(",pacing_gain:"),
+        "{line}"
+    );
+    assert!(
+        line.contains(",cwnd_gain:") && line.contains(" pacing_rate "),
+        "{line}"
+    );
+
+    drop(s);
+    drop(echo);
+    lab.stop();
+}
+
+/// Starts an echo in `ns` with `args` and a control socket at `sock`, echoes 1 MB from a kernel
+/// connection and returns that connection's entry in `stat --json` and its table line.
+fn cubic_echo_stats(ns: &Netns, sock: &Path, args: &[&str]) -> (Value, String) {
+    let mut all = vec!["--quiet", "--no-pin", "--control", sock.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let echo = ns.spawn_echo(&all);
+    assert!(
+        common::wait_for(Duration::from_secs(5), || sock.exists()),
+        "no control socket; stderr: {}",
+        echo.stderr()
+    );
+    let mut s = ns.run(|| TcpStream::connect(SocketAddrV4::new(STACK_IP, 7)).expect("connect"));
+    echo_bytes(&mut s, 1_000_000);
+    let peer = format!("198.18.0.1:{}", s.local_addr().unwrap().port());
+    let (list, table) = stat_both(sock);
+    let (c, line) = conn_and_line(&list, &table, &peer);
+    println!("{table}");
+    let c = c.clone();
+    drop(s);
+    let status = echo.stop();
+    assert!(status.success(), "echo exit {status}");
+    (c, line)
+}
+
+#[test]
+fn pacing_switch_paces_cubic() {
+    if !root_or_skip("pacing_switch_paces_cubic") {
+        return;
+    }
+    let ns = Netns::new("statpace");
+    let dir = TempDir::new("statpace");
+    let (c, line) = cubic_echo_stats(&ns, &dir.0.join("paced.sock"), &["--pacing"]);
+    assert_eq!(c["cc"], "cubic", "{c}");
+    let rate = c["tcp"]["pacing_rate_bps"].as_u64().unwrap();
+    assert!(rate > 0, "--pacing: CUBIC paced: {c}");
+    assert!(line.contains(" pacing_rate "), "{line}");
+    // CUBIC has no model to show.
+    assert_eq!(c["tcp"]["bbr_bw_bps"], 0, "{c}");
+    assert_eq!(c["tcp"]["bbr_pacing_gain_pct"], 0, "{c}");
+    assert!(!line.contains("bbr:("), "{line}");
+    let state = c["cc_state"].as_str().unwrap();
+    assert!(line.starts_with(&format!("\t cubic {state} ")), "{line}");
+
+    let (c, line) = cubic_echo_stats(&ns, &dir.0.join("bursty.sock"), &[]);
+    assert_eq!(c["tcp"]["pacing_rate_bps"], 0, "without --pacing: {c}");
+    assert!(!line.contains("pacing_rate"), "{line}");
 }

@@ -216,6 +216,24 @@ pub struct TcpInfo {
     pub mtu_probe_successes: u64,
     pub mtu_probe_failures: u64,
     pub blackholes_detected: u64,
+    /// The congestion controller's path model (`CongestionControl::model`; filled by BBR, 0 when
+    /// the algorithm keeps no such estimate or has not set it yet). `bbr_bw_bps`: the bandwidth
+    /// the model allows now (BBR.bw = min(max_bw, bw_lo)), bytes per second.
+    pub bbr_bw_bps: u64,
+    /// BBR.max_bw: the windowed maximum delivery rate, bytes per second.
+    pub bbr_max_bw_bps: u64,
+    /// BBR.min_rtt: BBR's own minimum RTT over its 10 s window, microseconds (`min_rtt_us` is
+    /// the connection's over its whole life).
+    pub bbr_min_rtt_us: u64,
+    /// BBR.inflight_longterm (inflight_hi): the inflight bound loss set, bytes.
+    pub bbr_inflight_hi_bytes: u64,
+    /// BBR.inflight_shortterm (inflight_lo): this cycle's short-term inflight bound, bytes.
+    pub bbr_inflight_lo_bytes: u64,
+    /// BBR.bw_shortterm (bw_lo): this cycle's short-term bandwidth bound, bytes per second.
+    pub bbr_bw_lo_bps: u64,
+    /// The pacing and cwnd gains in use, in percent (Startup: 277 and 200).
+    pub bbr_pacing_gain_pct: u32,
+    pub bbr_cwnd_gain_pct: u32,
 }
 
 /// What limited the sender when it last stopped (for the `*_limited_us` counters).
@@ -773,6 +791,15 @@ impl Conn {
             i.mtu_probe_failures,
             i.blackholes_detected,
         ) = self.pmtu.counters();
+        let model = self.cc.model();
+        i.bbr_bw_bps = model.bw.unwrap_or(0);
+        i.bbr_max_bw_bps = model.max_bw.unwrap_or(0);
+        i.bbr_min_rtt_us = model.min_rtt.map_or(0, |d| d.as_micros() as u64);
+        i.bbr_inflight_hi_bytes = model.inflight_hi.unwrap_or(0);
+        i.bbr_inflight_lo_bytes = model.inflight_lo.unwrap_or(0);
+        i.bbr_bw_lo_bps = model.bw_lo.unwrap_or(0);
+        i.bbr_pacing_gain_pct = model.pacing_gain_pct.unwrap_or(0);
+        i.bbr_cwnd_gain_pct = model.cwnd_gain_pct.unwrap_or(0);
         let open = now.saturating_since(self.limit_since).as_micros() as u64;
         match self.limit {
             Limit::Cwnd => i.cwnd_limited_us += open,

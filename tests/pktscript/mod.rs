@@ -14,7 +14,7 @@
 //!                          0.002), peer_isn (the peer's absolute ISN for relative 0; default
 //!                          0xfffff000, so data wraps 2^32), rack, tlp, frto on|off (loss
 //!                          recovery, default on), pacing on|off (pace CUBIC/NewReno, default
-//!                          off), cc newreno|cubic, mtu_probing off|blackhole|always (default
+//!                          off), cc newreno|cubic|bbr, mtu_probing off|blackhole|always (default
 //!                          blackhole), mtu_probe_interval_s (default 600)
 //! TIME < [@N] SEGMENT       the peer sends SEGMENT at TIME
 //! TIME > [@N] SEGMENT       the engine must send SEGMENT at TIME ± tolerance (the next packet it

@@ -1071,4 +1071,17 @@ impl CongestionControl for Bbr {
     fn min_rtt_estimate(&self) -> Option<Duration> {
         self.min_rtt()
     }
+
+    fn model(&self) -> super::CcModel {
+        super::CcModel {
+            bw: (self.bw > 0).then_some(self.bw),
+            max_bw: (self.max_bw > 0).then_some(self.max_bw),
+            min_rtt: self.min_rtt(),
+            inflight_hi: self.inflight_longterm(),
+            inflight_lo: self.inflight_shortterm(),
+            bw_lo: self.bw_shortterm(),
+            pacing_gain_pct: Some(super::CcModel::gain_pct(self.pacing_gain)),
+            cwnd_gain_pct: Some(super::CcModel::gain_pct(self.cwnd_gain)),
+        }
+    }
 }

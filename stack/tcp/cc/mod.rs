@@ -201,6 +201,51 @@ pub trait CongestionControl: Send + fmt::Debug {
     fn min_rtt_estimate(&self) -> Option<Duration> {
         None
     }
+
+    /// The algorithm's model of the path, for stats (`TcpInfo`, `longhaul stat`). The default
+    /// reports only [`CongestionControl::bandwidth_estimate`] (as `max_bw`) and
+    /// [`CongestionControl::min_rtt_estimate`]; BBR fills in its whole model.
+    fn model(&self) -> CcModel {
+        CcModel {
+            max_bw: self.bandwidth_estimate(),
+            min_rtt: self.min_rtt_estimate(),
+            ..CcModel::default()
+        }
+    }
+}
+
+/// What a congestion controller believes about the path, for observability only: the connection
+/// never acts on it. Every field is `None` when the algorithm keeps no such estimate (or has not
+/// set it yet), so one struct serves model-based algorithms (BBR's bandwidth, min-RTT and
+/// inflight bounds) and, later, loss-based ones (e.g. CUBIC's `W_max` and `K`, as new fields).
+/// Field names follow draft-ietf-ccwg-bbr; rates are bytes per second, volumes bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CcModel {
+    /// The bandwidth the model lets the connection use now (BBR `bw`: `min(max_bw, bw_lo)`).
+    pub bw: Option<u64>,
+    /// The windowed maximum delivery rate (BBR `max_bw`).
+    pub max_bw: Option<u64>,
+    /// The algorithm's own min-RTT estimate (BBR `min_rtt`, over its 10 s window).
+    pub min_rtt: Option<Duration>,
+    /// The long-term inflight bound that loss set (BBR `inflight_longterm`, inflight_hi).
+    pub inflight_hi: Option<u64>,
+    /// The short-term inflight bound of this probing cycle (BBR `inflight_shortterm`, inflight_lo).
+    pub inflight_lo: Option<u64>,
+    /// The short-term bandwidth bound of this probing cycle (BBR `bw_shortterm`, bw_lo).
+    pub bw_lo: Option<u64>,
+    /// The pacing gain in use, percent (BBR Startup: 277).
+    pub pacing_gain_pct: Option<u32>,
+    /// The cwnd gain in use, percent (BBR Startup: 200).
+    pub cwnd_gain_pct: Option<u32>,
+}
+
+impl CcModel {
+    /// A gain (a factor such as 2.77) as whole percent, rounded; 0 for a negative or NaN gain.
+    pub fn gain_pct(gain: f64) -> u32 {
+        // `as` saturates: NaN and negatives give 0, huge values u32::MAX.
+        (gain * 100.0).round() as u32
+    }
 }
 
 /// Which algorithm a connection uses (per connection, from config or `ConnOptions`).
@@ -358,6 +403,58 @@ mod unit {
             (bbr.bandwidth_estimate(), bbr.min_rtt_estimate()),
             (None, None)
         );
+    }
+
+    #[test]
+    fn model_reports_bbr_estimates_and_nothing_for_loss_based() {
+        for alg in [CcAlgorithm::NewReno, CcAlgorithm::Cubic] {
+            assert_eq!(alg.build(1460, Instant::ZERO).model(), CcModel::default());
+        }
+        // Before any sample BBR has gains (Startup: 2.77 and 2) but no bandwidth or RTT.
+        let bbr = CcAlgorithm::Bbr.build(1460, Instant::ZERO);
+        let m = bbr.model();
+        assert_eq!((m.pacing_gain_pct, m.cwnd_gain_pct), (Some(277), Some(200)));
+        assert_eq!((m.bw, m.max_bw, m.min_rtt), (None, None, None));
+        assert_eq!((m.inflight_hi, m.inflight_lo, m.bw_lo), (None, None, None));
+
+        // One round of ACKs at 10 ms and 1 MB/s: the model has them.
+        let mut bbr = CcAlgorithm::Bbr.build(1460, Instant::ZERO);
+        let t0 = Instant::ZERO;
+        bbr.on_sent(t0, 14_600, 14_600);
+        let now = t0 + Duration::from_millis(10);
+        bbr.on_ack(&AckSample {
+            now,
+            acked_bytes: 14_600,
+            rtt: Some(Duration::from_millis(10)),
+            srtt: Duration::from_millis(10),
+            min_rtt: Duration::from_millis(10),
+            prior_in_flight: 14_600,
+            in_flight: 0,
+            delivered: 14_600,
+            delivery_rate: Some(1_460_000),
+            round_start: true,
+            mss: 1460,
+            newly_delivered: 14_600,
+            rate_delivered: 14_600,
+            rate_interval: Duration::from_millis(10),
+            tx_in_flight: 14_600,
+            ..AckSample::default()
+        });
+        let m = bbr.model();
+        assert_eq!(m.min_rtt, Some(Duration::from_millis(10)));
+        assert_eq!(m.max_bw, Some(1_460_000), "{m:?}");
+        assert_eq!(m.bw, Some(1_460_000), "{m:?}");
+        assert_eq!(m.max_bw, bbr.bandwidth_estimate());
+    }
+
+    #[test]
+    fn gains_as_percent() {
+        assert_eq!(CcModel::gain_pct(2.77), 277);
+        assert_eq!(CcModel::gain_pct(1.25), 125);
+        assert_eq!(CcModel::gain_pct(0.9), 90);
+        assert_eq!(CcModel::gain_pct(f64::NAN), 0);
+        assert_eq!(CcModel::gain_pct(-1.0), 0);
+        assert_eq!(CcModel::gain_pct(f64::INFINITY), u32::MAX);
     }
 
     #[test]
