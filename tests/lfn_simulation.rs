@@ -3,7 +3,7 @@
 //! scripts/lfn-bench.sh builds it. A 100 MB transfer must arrive exactly once and in order; the
 //! virtual time it takes is printed beside the ideal the link rate allows. That time is the
 //! baseline the loss-recovery work (SACK, RACK-TLP, BBR) had to beat. The loss-based runs only
-//! assert a generous stall bound; the BBR run must finish within twice the link-rate ideal
+//! assert a generous stall bound; the BBR run must finish within 1.75 times the link-rate ideal
 //! (virtual time, one seed: deterministic, not a timing assertion on a shared machine).
 //! `LFN_LOSS=<p>` changes the loss rate, `LFN_TRACE=1` prints the sender's state every 0.5 s.
 //!
@@ -179,13 +179,15 @@ fn lfn_250ms_1pct_loss_newreno_baseline() {
 }
 
 /// The goal for the loss-recovery work: with BBR (pacing, RACK-TLP, SACK), 100 MB over 250 ms
-/// with 1% random loss each way and a 1-BDP queue takes on average at most twice the link-rate
-/// ideal (`ideal()`: every frame serialised at 100 Mbit/s back to back, plus 1.5 RTT; 8.74 s
-/// for 100 MB, so 17.5 s) over three seeds, and no seed more than 2.5 times (21.9 s). Startup's
-/// overshoot into the queue, a lost SYN or first segment (a 1-s RTO), ProbeRTT and the tail's
-/// recovery are what separate a run from the ideal. `LFN_SEEDS=<n>` runs more seeds.
+/// with 1% random loss each way and a 1-BDP queue takes on average at most 1.75 times the
+/// link-rate ideal (`ideal()`: every frame serialised at 100 Mbit/s back to back, plus 1.5 RTT;
+/// 8.74 s for 100 MB, so 15.3 s) over three seeds, and no seed more than twice (17.5 s).
+/// Measured: 14.2, 12.8, 12.8 s (seeds 4-6: 12.2, 13.6, 12.1 s); 19.1, 14.2, 13.3 s before the
+/// fixes of the commit that set this bound. Startup (about 5 s of it), a lost SYN or first
+/// segment (a 1-s RTO) and the tail's recovery are what separate a run from the ideal.
+/// `LFN_SEEDS=<n>` runs more seeds.
 #[test]
-fn lfn_250ms_1pct_loss_bbr_within_twice_the_ideal() {
+fn lfn_250ms_1pct_loss_bbr_within_1_75x_the_ideal() {
     let bytes = bytes();
     let seeds: u64 = std::env::var("LFN_SEEDS")
         .ok()
@@ -198,10 +200,10 @@ fn lfn_250ms_1pct_loss_bbr_within_twice_the_ideal() {
         let m = run(CcAlgorithm::Bbr, seed, bytes);
         report(&format!("bbr seed {seed}"), bytes, &m, wall.elapsed());
         assert!(
-            m.transfer <= ideal * 5 / 2,
-            "seed {seed}: BBR took {:.1?}, above 2.5x the ideal ({:.1?})",
+            m.transfer <= ideal * 2,
+            "seed {seed}: BBR took {:.1?}, above twice the ideal ({:.1?})",
             m.transfer,
-            ideal * 5 / 2
+            ideal * 2
         );
         total += m.transfer;
     }
@@ -209,11 +211,11 @@ fn lfn_250ms_1pct_loss_bbr_within_twice_the_ideal() {
     println!(
         "LFN bbr: mean {:.1?} over {seeds} seeds (bound {:.1?})",
         mean,
-        ideal * 2
+        ideal * 7 / 4
     );
     assert!(
-        mean <= ideal * 2,
-        "BBR took {mean:.1?} on average, above the bound {:.1?} (2x the ideal)",
-        ideal * 2
+        mean <= ideal * 7 / 4,
+        "BBR took {mean:.1?} on average, above the bound {:.1?} (1.75x the ideal)",
+        ideal * 7 / 4
     );
 }
