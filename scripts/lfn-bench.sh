@@ -250,7 +250,7 @@ EOF
 cat >"$LOGDIR/analyze.py" <<'EOF'
 import json, struct, sys
 js, series, pcap, rate = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-out = {"goodput": "", "pct": "", "retrans": "", "t80": "", "sender_rtx": "", "err": ""}
+out = {"goodput": "", "pct": "", "retrans": "", "t80": "", "sender_rtx": "", "err": "", "t90": "", "held90": ""}
 try:
     j = json.load(open(js))
 except Exception as e:
@@ -320,16 +320,30 @@ if pts:
     base = pts[0][1]
     t0 = next((t for t, b in pts if b - base >= 10000), None)
     if t0 is not None:
-        out["t80"] = "never"
-        k = 0
-        for t, b in pts:
-            while pts[k][0] < t - 0.5 + 1e-6:
-                k += 1
-            tk, bk = pts[k - 1] if k else pts[0]
-            if t - tk >= 0.45 and (b - bk) * 8 / (t - tk) >= 0.8 * rate:
-                out["t80"] = "%.1f" % (t - t0)
-                break
-print("|".join(out[k] for k in ("goodput", "pct", "retrans", "t80", "sender_rtx", "err")))
+        for key, share in (("t80", 0.8), ("t90", 0.9)):
+            out[key] = "never"
+            k = 0
+            for t, b in pts:
+                while pts[k][0] < t - 0.5 + 1e-6:
+                    k += 1
+                tk, bk = pts[k - 1] if k else pts[0]
+                if t - tk >= 0.45 and (b - bk) * 8 / (t - tk) >= share * rate:
+                    out[key] = "%.1f" % (t - t0)
+                    break
+        # Held: the share of whole seconds from 10 s after the first data to the last full
+        # second of data whose rate is >= 90% of the bottleneck (the goal "reaches 90% within
+        # 10 s and holds it").
+        if out["t90"] != "never":
+            t_end = max(t for t, b in pts if b < pts[-1][1]) if pts[-1][1] > base else pts[-1][0]
+            start, ok, n = t0 + 10.0, 0, 0
+            while start + 1.0 <= t_end - 1.0:
+                w = [b for t, b in pts if start <= t <= start + 1.0 + 1e-6]
+                if len(w) > 1:
+                    n += 1
+                    ok += (w[-1] - w[0]) * 8 >= 0.9 * rate
+                start += 1.0
+            out["held90"] = "%d" % round(100 * ok / n) if n else ""
+print("|".join(out[k] for k in ("goodput", "pct", "retrans", "t80", "sender_rtx", "err", "t90", "held90")))
 EOF
 
 # ------------------------------------------------------------------------------- the topology
@@ -480,14 +494,15 @@ transfer() {
     sleep 2 # let the bottleneck queue drain before the next sender
 }
 
-fmt_result() { # "goodput|pct|retrans|t80|sender_rtx|err"
-    local g p r t x e
-    IFS='|' read -r g p r t x e <<<"$1"
+fmt_result() { # "goodput|pct|retrans|t80|sender_rtx|err|t90|held90"
+    local g p r t x e t9 h
+    IFS='|' read -r g p r t x e t9 h <<<"$1"
     if [[ -z $g ]]; then
         echo "FAILED ${e:-(no result)}"
     else
         [[ $t != never && -n $t ]] && t=${t}s
-        echo "$g Mbit/s ($p%), retrans ${r:-?}%, t80 ${t:-?}"
+        [[ $t9 != never && -n $t9 ]] && t9=${t9}s
+        echo "$g Mbit/s ($p%), retrans ${r:-?}%, t80 ${t:-?}, t90 ${t9:-?}${h:+ held ${h}%}"
     fi
 }
 
@@ -643,26 +658,27 @@ label() { case $1 in cubic) echo "Linux CUBIC" ;; bbr) echo "Linux BBR" ;; longh
     echo "- senders, ${SECS} s each, one after another on the same path: Linux CUBIC and BBR (\`iperf3 -c -C cubic|bbr\`, \`tcp_rmem/wmem\` max 64 MiB per namespace, \`tcp_no_metrics_save=1\`; \`net.core.rmem_max/wmem_max\` refuse writes inside a namespace and only cap \`SO_RCVBUF/SO_SNDBUF\`, which iperf3 sets only with \`-w\`), longhaul (\`longhaul perf client ${LH_SENDER_FLAGS[*]}\`, plus \`--cc cubic\` or \`--cc bbr\` for longhaul CUBIC/BBR; longhaul's own TCP engine on a TAP bridged with the emulator's, its core pinned to CPU $LH_CPU and the emulator to CPU $NETEM_CPU; everything on the path at niceness ${LFN_NICE:--10} in a session raised to the same); receiver: kernel \`iperf3 -s\` (64 MiB buffers)"
     echo "- goodput: the receiver's byte count over the test (\`end.sum_received\` of the client's JSON); % of the bottleneck rate (Ethernet frame bytes are serialised, so 100% wire is ~95.7% goodput with 1514-byte frames carrying 1448 B)"
     echo "- retrans %: payload bytes sent again / all payload bytes sent on the test's data connection, from a header-only \`tcpdump\` on TAP a in S (where the senders' frames enter the emulator): a segment is retransmitted payload where its sequence range lies below the highest sequence number already sent. The same method for every sender; Linux's own count (\`sum_sent.retransmits\`, segments) is the last column, longhaul has none"
-    echo "- t80: seconds from the first data flight (R's TAP counter 10 kB above its start) until the receiver's rate over a sliding 0.5 s window first reaches 80% of the bottleneck (Ethernet bytes at R, sampled every 50 ms); \"never\" if it does not within the run"
+    echo "- t80, t90: seconds from the first data flight (R's TAP counter 10 kB above its start) until the receiver's rate over a sliding 0.5 s window first reaches 80% (90%) of the bottleneck (Ethernet bytes at R, sampled every 50 ms); \"never\" if it does not within the run"
+    echo "- held 90: of the whole seconds from 10 s after the first data to the end of the data, the share whose rate at R was at least 90% of the bottleneck"
 } >"$MD"
 if ((${#PATHS[@]})); then
     {
         echo
         echo "## Matrix"
         echo
-        echo "| RTT | loss | rate | sender | goodput Mbit/s | % of rate | retrans % | t80 s | kernel retransmits (segments) |"
-        echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|"
+        echo "| RTT | loss | rate | sender | goodput Mbit/s | % of rate | retrans % | t80 s | t90 s | held 90 % | kernel retransmits (segments) |"
+        echo "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     } >>"$MD"
 fi
-((${#PATHS[@]})) && printf '\n%5s %6s %5s %-12s %9s %6s %8s %6s\n' RTT loss rate sender Mbit/s "%" retr% t80
+((${#PATHS[@]})) && printf '\n%5s %6s %5s %-12s %9s %6s %8s %6s %6s %7s\n' RTT loss rate sender Mbit/s "%" retr% t80 t90 held90
 for path in "${PATHS[@]}"; do
     IFS='|' read -r rtt loss mbit <<<"$path"
     for sender in "${SENDERS[@]}"; do
-        IFS='|' read -r g p r t x e <<<"${R[matrix|$rtt|$loss|$mbit|$sender]:-|||||no result}"
+        IFS='|' read -r g p r t x e t9 h <<<"${R[matrix|$rtt|$loss|$mbit|$sender]:-|||||no result}"
         [[ -z $g ]] && g="FAIL${e:+ ($e)}"
         is_lh "$sender" && [[ -n $p ]] && x='n/a'
-        echo "| $rtt ms | $loss | $mbit M | $(label "$sender") | $g | $p | $r | $t | $x |" >>"$MD"
-        printf '%5s %6s %5s %-12s %9s %6s %8s %6s\n' "${rtt}ms" "$loss" "${mbit}M" "$sender" "$g" "$p" "$r" "$t"
+        echo "| $rtt ms | $loss | $mbit M | $(label "$sender") | $g | $p | $r | $t | $t9 | $h | $x |" >>"$MD"
+        printf '%5s %6s %5s %-12s %9s %6s %8s %6s %6s %7s\n' "${rtt}ms" "$loss" "${mbit}M" "$sender" "$g" "$p" "$r" "$t" "$t9" "$h"
         echo "$rtt|$loss|$mbit|$sender|${g%% *}" >>"$CSV"
     done
 done
@@ -701,7 +717,7 @@ if ((DO_SCEN)); then
         echo "| sender | goodput Mbit/s | % of rate | retrans % | t80 s | kernel retransmits |"
         echo "|---|---:|---:|---:|---:|---:|"
         for s in "${SENDERS[@]}"; do
-            IFS='|' read -r g p r t x e <<<"${R[ge|$SCEN_RTT|ge|100|$s]:-|||||no result}"
+            IFS='|' read -r g p r t x e _ <<<"${R[ge|$SCEN_RTT|ge|100|$s]:-|||||no result}"
             [[ -z $g ]] && g="FAIL${e:+ ($e)}"
             is_lh "$s" && [[ -n $p ]] && x='n/a'
             echo "| $(label "$s") | $g | $p | $r | $t | $x |"
