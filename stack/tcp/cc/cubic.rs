@@ -242,10 +242,11 @@ impl CongestionControl for Cubic {
         //= rfc9438#section-4.6 ssthresh = flight_size * beta; cwnd = max(ssthresh, 2*SMSS)
         // Of the flight size, but never of more than cwnd (Linux reduces cwnd itself; RFC 9438
         // allows cwnd where its growth is held when the flight does not use it, as it is here).
-        // The engine's flight size is SND.NXT - SND.UNA, SACKed bytes included: when a loss is
-        // found right as the previous recovery ends, that span holds everything sent during that
-        // recovery and can be twice the window, and 0.7 of it raised cwnd instead of lowering it
-        // (simulated 250 ms path: 8.0 MB -> 12.5 MB).
+        // The engine's flight size is SND.NXT - SND.UNA: it includes segments sent by limited
+        // transmit, which RFC 5681 section 3.2 keeps out of ssthresh, and SACKed bytes. When a
+        // loss is found right as the previous recovery ends, that span holds everything sent
+        // during that recovery and can be twice the window, and 0.7 of it raised cwnd instead of
+        // lowering it (simulated 250 ms path: 8.0 MB -> 12.5 MB).
         let basis = in_flight.min(self.window());
         self.s.ssthresh = beta_of(basis).max(2 * mss).min(MAX_WINDOW);
         self.s.cwnd = self.s.ssthresh as f64;
