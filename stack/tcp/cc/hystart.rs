@@ -17,8 +17,8 @@
 //! delayed-ACK effects shift them). A round's first samples are then the previous flight's
 //! queued tail: they trigger CSS, the next flight's head, later in the same round, "falls below
 //! the baseline", slow start resumes, and this repeats every round until the queue overflows
-//! (simulated 100 Mbit/s, 250 ms, 1-BDP queue: cwnd reached 3.6 BDP, a quarter of the bytes were
-//! sent twice). Here the baseline keeps taking the minimum over the rest of the entry round, and
+//! (simulated 100 Mbit/s, 250 ms, 1-BDP queue: cwnd reached 3.6 BDP, and a 100 MB transfer
+//! resent 50.8 MB). Here the baseline keeps taking the minimum over the rest of the entry round, and
 //! only later CSS rounds can find the exit spurious, by a fall of more than the samples'
 //! resolution ([`RTT_RESOLUTION`]). Entry stays RFC 9406's test, which fires where Linux's
 //! HyStart delay test (first samples of a round against the minimum RTT) fires; CSS then grows
