@@ -3,8 +3,9 @@
 //! In congestion avoidance the window follows `W_cubic(t) = C*(t-K)^3 + W_max` (t: time since the
 //! avoidance stage began; K: when the curve gets back to W_max), approached per ACK towards
 //! `W_cubic(t+RTT)` but never faster than 1.5x per RTT; where Reno would be faster (short RTTs)
-//! the Reno-friendly estimate `W_est` wins. A loss multiplies the flight size by 0.7 and, with fast
-//! convergence, lowers W_max when the window had not recovered since the previous loss.
+//! the Reno-friendly estimate `W_est` wins. A loss multiplies the flight size (at most cwnd) by 0.7
+//! and, with fast convergence, lowers W_max when the window had not recovered since the previous
+//! loss.
 //!
 //! Everything is kept in bytes (the RFC works in segments): `C` becomes `C*MSS` bytes per s^3.
 //! f64 is exact enough here (windows are below 2^41, far inside the 53-bit mantissa) and stays
@@ -239,7 +240,15 @@ impl CongestionControl for Cubic {
         });
         self.s.cwnd_prior = cwnd;
         //= rfc9438#section-4.6 ssthresh = flight_size * beta; cwnd = max(ssthresh, 2*SMSS)
-        self.s.ssthresh = beta_of(in_flight).max(2 * mss).min(MAX_WINDOW);
+        // Of the flight size, but never of more than cwnd (Linux reduces cwnd itself; RFC 9438
+        // allows cwnd where its growth is held when the flight does not use it, as it is here).
+        // The engine's flight size is SND.NXT - SND.UNA: it includes segments sent by limited
+        // transmit, which RFC 5681 section 3.2 keeps out of ssthresh, and SACKed bytes. When a
+        // loss is found right as the previous recovery ends, that span holds everything sent
+        // during that recovery and can be twice the window, and 0.7 of it raised cwnd instead of
+        // lowering it (simulated 250 ms path: 8.0 MB -> 12.5 MB).
+        let basis = in_flight.min(self.window());
+        self.s.ssthresh = beta_of(basis).max(2 * mss).min(MAX_WINDOW);
         self.s.cwnd = self.s.ssthresh as f64;
         self.s.epoch = None;
         self.s.hystart.finish();

@@ -69,6 +69,23 @@ fn loss_reduces_flight_by_beta_with_a_floor() {
 }
 
 #[test]
+fn loss_reduces_at_most_cwnd() {
+    // A loss found as the previous recovery ends: SND.NXT - SND.UNA still spans everything sent
+    // during that recovery, SACKed bytes included, twice the window. The cut is 0.7 of cwnd,
+    // where 0.7 of that span would have raised the window from 80 to 112 segments.
+    let mut cc = after_loss(115);
+    assert_eq!(cc.window(), 80 * M + 500);
+    cc.s.cwnd = (80 * M) as f64;
+    cc.on_congestion_event(Instant::ZERO, 160 * M, MSS);
+    assert_eq!((cc.window(), cc.ssthresh()), (56 * M, 56 * M));
+    // A flight below cwnd (the window was not used up) is still what is reduced.
+    let mut cc = after_loss(100);
+    cc.s.cwnd = (80 * M) as f64;
+    cc.on_congestion_event(Instant::ZERO, 50 * M, MSS);
+    assert_eq!((cc.window(), cc.ssthresh()), (35 * M, 35 * M));
+}
+
+#[test]
 fn k_and_curve_match_the_rfc_formula() {
     let mut cc = after_loss(100);
     let t0 = Instant::from_millis(1_000);
@@ -327,4 +344,77 @@ fn huge_windows_and_long_rtts_stay_bounded() {
         }
         assert!(cc.window() > 1 << 30);
     }
+}
+
+/// One round as an unpaced slow start on a long fat path shows it when the round boundary falls
+/// inside a flight: the first ACKs are the previous flight's tail, delayed by the queue the flight
+/// built itself (`tail`), the rest come from the next flight's head at the base RTT. Returns the
+/// time reached.
+fn flight_shaped_round(
+    cc: &mut Cubic,
+    mut now: Instant,
+    base: Duration,
+    tail: Duration,
+) -> Instant {
+    let n = (cc.window() / M).max(1);
+    let step = base / n as u32;
+    for i in 0..n {
+        now += step;
+        let mut a = ack(now, M, MSS);
+        a.rtt = Some(if i < 8 { tail } else { base });
+        a.srtt = base;
+        a.min_rtt = base;
+        a.round_start = i == 0;
+        cc.on_ack(&a);
+    }
+    now
+}
+
+#[test]
+fn css_is_not_undone_by_the_next_flights_head_in_its_own_round() {
+    // Slow start at a 250 ms base RTT to 40 segments, then rounds whose first samples carry the
+    // flight's own queue (30 ms more than the base, above the 16 ms threshold). Before, the base
+    // RTT samples later in the same round "fell below the baseline" and slow start resumed every
+    // round: cwnd doubled on until the queue overflowed. Now CSS holds: CSS_ROUNDS rounds of at
+    // most 1.25x, then congestion avoidance with ssthresh = cwnd.
+    let base = ms(250);
+    let mut cc = Cubic::new(MSS);
+    let mut now = run(&mut cc, Instant::ZERO, 2, base);
+    assert_eq!(cc.window(), 40 * M);
+    now = flight_shaped_round(&mut cc, now, base, base + ms(30));
+    assert_eq!(cc.state(), "css");
+    // 7 ACKs at slow-start rate before the 8th sample showed the rise, 33 at a quarter.
+    assert_eq!(cc.window(), 40 * M + 7 * M + 33 * M / 4);
+    let entered = cc.window();
+    for r in 1..CSS_ROUNDS {
+        let w = cc.window();
+        now = flight_shaped_round(&mut cc, now, base, base + ms(30));
+        assert_eq!(cc.state(), "css", "CSS round {r}");
+        assert!(
+            cc.window() <= w + w / 4 + M,
+            "round {r}: {w} -> {}",
+            cc.window()
+        );
+    }
+    let w = cc.window();
+    flight_shaped_round(&mut cc, now, base, base + ms(30));
+    assert_eq!(cc.state(), "avoidance");
+    assert_eq!(cc.ssthresh(), w);
+    // Slow start would have reached 40 * 2^5 = 1280 segments; CSS stays under 2.5x its start.
+    assert!(cc.window() < entered * 5 / 2, "{}", cc.window());
+}
+
+#[test]
+fn css_resumes_slow_start_when_a_later_round_shows_a_lower_rtt() {
+    // The rise was jitter confined to the entry round: a whole later round below the entry
+    // round's minimum by more than the 1 ms sample resolution is a spurious exit.
+    let base = ms(250);
+    let mut cc = Cubic::new(MSS);
+    let mut now = run(&mut cc, Instant::ZERO, 2, base);
+    now = run(&mut cc, now, 1, base + ms(30));
+    assert_eq!(cc.state(), "css");
+    now = run(&mut cc, now, 1, base + ms(29));
+    assert_eq!(cc.state(), "css");
+    run(&mut cc, now, 1, base + ms(20));
+    assert_eq!(cc.state(), "slow_start");
 }

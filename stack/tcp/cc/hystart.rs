@@ -6,6 +6,23 @@
 //! (CSS), which grows at a quarter of the slow-start rate for [`CSS_ROUNDS`] rounds and then hands
 //! over to congestion avoidance. If the RTT falls back below the CSS baseline the exit was
 //! spurious and slow start resumes. Rounds come from the engine (`AckSample::round_start`).
+//!
+//! # The CSS baseline is the whole entry round's minimum
+//! RFC 9406 takes `cssBaselineMinRtt` from the round's minimum at the moment of entry (after
+//! [`N_RTT_SAMPLE`] samples) and resumes slow start as soon as a CSS round's minimum drops below
+//! it, the rest of the entry round included. An unpaced slow start makes that self-defeating on
+//! a long fat path: each flight goes out at twice the bottleneck rate, so RTTs rise along a
+//! flight (its own queue) and fall back to the base RTT at the next flight's head, and round
+//! boundaries (`SND.NXT` when the round began) fall anywhere inside a flight (receive-window and
+//! delayed-ACK effects shift them). A round's first samples are then the previous flight's
+//! queued tail: they trigger CSS, the next flight's head, later in the same round, "falls below
+//! the baseline", slow start resumes, and this repeats every round until the queue overflows
+//! (simulated 100 Mbit/s, 250 ms, 1-BDP queue: cwnd reached 3.6 BDP, and a 100 MB transfer
+//! resent 50.8 MB). Here the baseline keeps taking the minimum over the rest of the entry round, and
+//! only later CSS rounds can find the exit spurious, by a fall of more than the samples'
+//! resolution ([`RTT_RESOLUTION`]). Entry stays RFC 9406's test, which fires where Linux's
+//! HyStart delay test (first samples of a round against the minimum RTT) fires; CSS then grows
+//! at most 1.25x per round for [`CSS_ROUNDS`] rounds, where Linux would stop growing at once.
 
 use std::time::Duration;
 
@@ -21,6 +38,11 @@ pub(crate) const MIN_RTT_DIVISOR: u32 = 8;
 pub(crate) const CSS_GROWTH_DIVISOR: u64 = 4;
 /// Rounds spent in CSS before congestion avoidance.
 pub(crate) const CSS_ROUNDS: u32 = 5;
+/// The resolution of the engine's RTT samples: the timestamp echo counts whole milliseconds (a
+/// timed segment is measured finer), so a round's minimum can sit up to this much below another's
+/// for the same path delay. A CSS round's minimum must fall by more than this for the exit to
+/// count as spurious.
+pub(crate) const RTT_RESOLUTION: Duration = Duration::from_millis(1);
 /// Per-ACK growth limit in MSS for a sender that does not pace (RFC 9406 §4.3; a paced sender
 /// would use no limit).
 pub(crate) const L_NON_PACED: u64 = 8;
@@ -121,8 +143,19 @@ impl HyStart {
                     }
                 }
             }
+            Phase::Css {
+                baseline,
+                rounds: 0,
+            } => {
+                // Still the round CSS began in: its later samples complete the baseline (the
+                // module documentation says why they must not end CSS).
+                self.phase = Phase::Css {
+                    baseline: baseline.min(current),
+                    rounds: 0,
+                };
+            }
             Phase::Css { baseline, .. } => {
-                if current < baseline {
+                if current.saturating_add(RTT_RESOLUTION) < baseline {
                     //= rfc9406#section-4.2 the RTT fell back: the exit was spurious
                     self.phase = Phase::SlowStart;
                 }
@@ -237,11 +270,46 @@ mod tests {
         round(&mut h, 8, ms(100));
         round(&mut h, 8, ms(120));
         assert!(h.in_css());
+        // A fall within the samples' resolution (whole milliseconds) is no fall.
         round(&mut h, 8, ms(119));
+        assert!(h.in_css());
+        round(&mut h, 8, Duration::from_micros(118_900));
         assert_eq!(h.phase(), Phase::SlowStart);
         // Slow start continues with HyStart++ and can enter CSS again.
         round(&mut h, 8, ms(140));
         assert!(h.in_css());
+    }
+
+    #[test]
+    fn later_samples_of_the_entry_round_lower_the_baseline() {
+        let mut h = HyStart::new();
+        round(&mut h, 8, ms(100));
+        // The round opens with 8 samples of the previous flight's queued tail, then the next
+        // flight's head comes back at the base RTT: CSS, and the baseline becomes the base RTT.
+        round(&mut h, 8, ms(130));
+        assert!(h.in_css());
+        for _ in 0..8 {
+            h.on_ack(false, Some(ms(100)));
+        }
+        assert_eq!(
+            h.phase(),
+            Phase::Css {
+                baseline: ms(100),
+                rounds: 0
+            }
+        );
+        // Later rounds of the same shape are no fall below the baseline: CSS runs its course.
+        let mut done = false;
+        for _ in 1..CSS_ROUNDS {
+            done |= round(&mut h, 8, ms(130));
+            for _ in 0..8 {
+                h.on_ack(false, Some(ms(100)));
+            }
+            assert!(h.in_css());
+        }
+        assert!(!done);
+        assert!(h.on_ack(true, Some(ms(130))));
+        assert_eq!(h.phase(), Phase::Done);
     }
 
     #[test]

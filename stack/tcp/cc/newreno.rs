@@ -1,8 +1,8 @@
 //! NewReno's window (RFC 5681 with RFC 6582's recovery, RFC 3465 byte counting).
 //!
 //! Slow start grows cwnd by the bytes acked, at most 2 MSS per ACK (ABC with L = 2); congestion
-//! avoidance adds one MSS per cwnd of acked bytes. A loss halves the flight size into ssthresh and
-//! sets cwnd to it (the engine's PRR paces the recovery towards it); a timeout drops cwnd to one
+//! avoidance adds one MSS per cwnd of acked bytes. A loss halves the flight size (at most cwnd)
+//! into ssthresh and sets cwnd to it (the engine's PRR paces the recovery towards it); a timeout drops cwnd to one
 //! MSS. The previous cwnd/ssthresh are kept so a spurious response can be undone.
 
 use super::{
@@ -104,7 +104,11 @@ impl CongestionControl for NewReno {
         let mss = mss_bytes(mss);
         self.save_undo();
         //= rfc5681#section-3.2 ssthresh = max(FlightSize / 2, 2*SMSS)
-        self.ssthresh = (in_flight / 2).max(2 * mss).min(MAX_WINDOW);
+        // "No more than" that: the engine's flight size (SND.NXT - SND.UNA) includes segments
+        // sent by limited transmit, which must not count, and SACKed bytes, which after a
+        // recovery can span twice the window; half of cwnd at most, as Linux's Reno halves cwnd.
+        let basis = in_flight.min(self.cwnd);
+        self.ssthresh = (basis / 2).max(2 * mss).min(MAX_WINDOW);
         // RFC 6582 inflates by 3 MSS during recovery; the engine runs PRR towards ssthresh instead.
         self.cwnd = self.ssthresh;
         self.ca_acked = 0;
@@ -203,6 +207,7 @@ mod tests {
     #[test]
     fn avoidance_grows_one_mss_per_window() {
         let mut cc = NewReno::new(MSS);
+        cc.cwnd = 40 * M;
         cc.on_congestion_event(Instant::ZERO, 40 * M, MSS);
         cc.on_recovery_end(Instant::ZERO);
         assert_eq!(cc.window(), 20 * M);
@@ -228,8 +233,17 @@ mod tests {
     #[test]
     fn congestion_event_halves_flight_size() {
         let mut cc = NewReno::new(MSS);
+        cc.cwnd = 100 * M;
         cc.on_congestion_event(Instant::ZERO, 100 * M, MSS);
         assert_eq!((cc.window(), cc.ssthresh()), (50 * M, 50 * M));
+        // A flight beyond cwnd (limited transmit, SACKed bytes after a recovery) counts as cwnd.
+        cc.on_recovery_end(Instant::ZERO);
+        cc.on_congestion_event(Instant::ZERO, 120 * M, MSS);
+        assert_eq!((cc.window(), cc.ssthresh()), (25 * M, 25 * M));
+        // A flight below cwnd is what is halved.
+        cc.cwnd = 100 * M;
+        cc.on_congestion_event(Instant::ZERO, 60 * M, MSS);
+        assert_eq!((cc.window(), cc.ssthresh()), (30 * M, 30 * M));
         assert_eq!(cc.state(), "recovery");
         // Never below 2 MSS, however small the flight.
         cc.on_congestion_event(Instant::ZERO, M, MSS);
@@ -265,11 +279,12 @@ mod tests {
     #[test]
     fn rto_during_recovery_keeps_recovery_ssthresh() {
         let mut cc = NewReno::new(MSS);
+        cc.cwnd = 40 * M;
         cc.on_congestion_event(Instant::ZERO, 40 * M, MSS);
         cc.on_rto(Instant::from_millis(300), MSS);
         assert_eq!((cc.window(), cc.ssthresh()), (M, 20 * M));
         cc.on_spurious_congestion();
-        assert_eq!((cc.window(), cc.ssthresh()), (10 * M, u64::MAX));
+        assert_eq!((cc.window(), cc.ssthresh()), (40 * M, u64::MAX));
     }
 
     #[test]
@@ -299,6 +314,7 @@ mod tests {
     #[test]
     fn idle_restart_uses_restart_window_and_remembers_the_window() {
         let mut cc = NewReno::new(MSS);
+        cc.cwnd = 200 * M;
         cc.on_congestion_event(Instant::ZERO, 200 * M, MSS);
         cc.on_recovery_end(Instant::ZERO);
         cc.on_idle_restart(Instant::from_millis(5_000), MSS);
