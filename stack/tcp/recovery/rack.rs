@@ -139,14 +139,13 @@ impl Rack {
         let mut seq_limit: Option<Option<Seq>> = None;
         let mut cur = sb.first_sent();
         while let Some(c) = cur {
-            let sent_at = sb.sent_at(c);
+            let s = sb.sent_entry(c);
+            let sent_at = s.sent_at;
             if sent_at > xmit_ts {
                 break;
             }
             // Taken before marking: marking this record lost takes it out of the order.
             cur = sb.next_sent(c);
-            let i = sb.index_of(c);
-            let s = *sb.get(i).expect("cursor names a record");
             debug_assert!(
                 s.flags & SACKED == 0 && (s.flags & LOST == 0 || s.flags & RETRANS != 0),
                 "RACK skips SACKed and lost-waiting records: never in the order"
@@ -170,6 +169,7 @@ impl Rack {
             }
             let deadline = sent_at + self.rtt + reo_wnd;
             if deadline <= now {
+                let i = sb.index_of(c);
                 let was_lost_rtx = sb.lost_retransmitted(i);
                 let b = sb.mark_lost(i);
                 if b > 0 || was_lost_rtx {
@@ -371,7 +371,8 @@ mod tests {
 
     /// Random sequences of transmissions, retransmissions (whole and partial, so splits),
     /// cumulative ACKs and SACKs (RACK fed from them), loss marks, timeouts, undo, reneging and
-    /// coalescing, with the clock often standing still (equal send times): after each step the
+    /// coalescing, with the clock often standing still (equal send times) and sometimes going
+    /// back: after each step the
     /// scoreboard (send-time order included) is consistent, and at each RACK run the walk in
     /// send-time order marks exactly what the old sequence-order walk marks, with the same
     /// counts and reorder timer.
@@ -384,15 +385,22 @@ mod tests {
             let mut sb = Scoreboard::default();
             let mut r = Rack::default();
             let mut now = ms(1);
+            let mut earlier = now;
             let (mut una, mut nxt) = (Seq(1000), Seq(1000));
             for step in 0..300 {
                 // The clock stands still a third of the time: equal send times.
                 now += Duration::from_micros(rng.below(3) * rng.below(4000));
+                if rng.below(10) == 0 {
+                    earlier = now;
+                }
+                // Now and then a transmission is stamped with an earlier time (a clock that
+                // went backwards): the order stays sorted by send time.
+                let at = if rng.below(15) == 0 { earlier } else { now };
                 let op = rng.below(100);
                 if op < 25 || sb.is_empty() {
                     let len = 1 + rng.below(300) as u32;
-                    sb.push(nxt, nxt + len, false, now, TxSnapshot::default());
-                    nxt = nxt + len;
+                    sb.push(nxt, nxt + len, false, at, TxSnapshot::default());
+                    nxt += len;
                 } else if op < 37 {
                     let i = rng.below(sb.len() as u64) as usize;
                     let s = *sb.get(i).unwrap();
@@ -402,7 +410,7 @@ mod tests {
                         } else {
                             s.len()
                         };
-                        sb.retransmit(i, len, now, TxSnapshot::default());
+                        sb.retransmit(i, len, at, TxSnapshot::default());
                     }
                 } else if op < 37 + 30 {
                     // An ACK: maybe cumulative progress, up to three SACK blocks.
@@ -479,7 +487,7 @@ mod bench {
         let rtt = Duration::from_millis(250);
         let reo = Duration::from_millis(62);
         let sent = |i: u32| Instant::from_micros(1_000 + i as u64 * 10);
-        let hole = |i: u32| i % 100 == 0;
+        let hole = |i: u32| i.is_multiple_of(100);
         let mut best = u128::MAX;
         let mut lost_total = 0;
         for _round in 0..5 {

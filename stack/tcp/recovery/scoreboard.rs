@@ -76,6 +76,16 @@ impl SentSeg {
     pub fn has(&self, f: u8) -> bool {
         self.flags & f != 0
     }
+
+    /// What the send-time order keeps of it.
+    fn entry(&self) -> SentEntry {
+        SentEntry {
+            start: self.start,
+            end: self.end,
+            flags: self.flags,
+            sent_at: self.sent_at,
+        }
+    }
 }
 
 /// No node.
@@ -87,14 +97,28 @@ fn timed(flags: u8) -> bool {
     flags & SACKED == 0 && (flags & LOST == 0 || flags & RETRANS != 0)
 }
 
-/// One record's place in the send-time order; `start` finds the record again (records are
+/// What the send-time order knows of a record: what RACK needs to judge it, so a walk reads
+/// the slab only. The marks cannot change while a record is in the order (every change takes
+/// it out, or re-sends it and so re-links it); `start` finds the record again (records are
 /// ordered by sequence number, so that is a binary search).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentEntry {
+    /// The record's first sequence number.
+    pub start: Seq,
+    /// One past its last.
+    pub end: Seq,
+    /// Its marks.
+    pub flags: u8,
+    /// Its last (re)transmission.
+    pub sent_at: Instant,
+}
+
+/// One record's place in the send-time order.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     prev: u32,
     next: u32,
-    start: Seq,
-    sent_at: Instant,
+    e: SentEntry,
 }
 
 /// A doubly linked list of records by send time, its nodes in a slab with a free list.
@@ -122,7 +146,7 @@ impl Default for SendOrder {
 
 impl SendOrder {
     /// Links a new node after `after` ([`NIL`]: at the head). Returns it.
-    fn insert_after(&mut self, after: u32, start: Seq, sent_at: Instant) -> u32 {
+    fn insert_after(&mut self, after: u32, e: SentEntry) -> u32 {
         let next = if after == NIL {
             self.head
         } else {
@@ -131,8 +155,7 @@ impl SendOrder {
         let node = Node {
             prev: after,
             next,
-            start,
-            sent_at,
+            e,
         };
         let n = if self.free != NIL {
             let n = self.free;
@@ -159,12 +182,12 @@ impl SendOrder {
     }
 
     /// Links a node at its place by send time: the tail, unless the clock went backwards.
-    fn insert_sorted(&mut self, start: Seq, sent_at: Instant) -> u32 {
+    fn insert_sorted(&mut self, e: SentEntry) -> u32 {
         let mut after = self.tail;
-        while after != NIL && self.nodes[after as usize].sent_at > sent_at {
+        while after != NIL && self.nodes[after as usize].e.sent_at > e.sent_at {
             after = self.nodes[after as usize].prev;
         }
-        self.insert_after(after, start, sent_at)
+        self.insert_after(after, e)
     }
 
     /// Unlinks node `n` and frees it.
@@ -309,14 +332,14 @@ impl Scoreboard {
         self.order.next(c.0).map(SentCursor)
     }
 
-    /// When the record at `c` was last sent. O(1).
-    pub fn sent_at(&self, c: SentCursor) -> Instant {
-        self.order.nodes[c.0 as usize].sent_at
+    /// The record at `c`, as far as RACK needs it. O(1).
+    pub fn sent_entry(&self, c: SentCursor) -> SentEntry {
+        self.order.nodes[c.0 as usize].e
     }
 
     /// The index of the record at `c`. O(log n).
     pub fn index_of(&self, c: SentCursor) -> usize {
-        let start = self.order.nodes[c.0 as usize].start;
+        let start = self.order.nodes[c.0 as usize].e.start;
         let i = self.segs.partition_point(|s| s.start.lt(start));
         debug_assert_eq!(self.segs.get(i).map(|s| s.node), Some(c.0));
         i
@@ -356,7 +379,7 @@ impl Scoreboard {
         }
         for i in timed_idx {
             let s = &mut self.segs[i as usize];
-            s.node = self.order.insert_after(self.order.tail, s.start, s.sent_at);
+            s.node = self.order.insert_after(self.order.tail, s.entry());
         }
     }
 
@@ -366,16 +389,17 @@ impl Scoreboard {
             return;
         }
         // Amortised growth only: a steady window reuses the ring.
-        let node = self.order.insert_sorted(start, now);
-        self.segs.push_back(SentSeg {
+        let mut s = SentSeg {
             start,
             end,
             fin,
             flags: 0,
             sent_at: now,
             tx,
-            node,
-        });
+            node: NIL,
+        };
+        s.node = self.order.insert_sorted(s.entry());
+        self.segs.push_back(s);
     }
 
     /// Index of the record holding `seq`, if any.
@@ -395,7 +419,8 @@ impl Scoreboard {
         tail.start = seq;
         // Sent with the head: its place is right after it.
         if s.node != NIL {
-            tail.node = self.order.insert_after(s.node, seq, s.sent_at);
+            tail.node = self.order.insert_after(s.node, tail.entry());
+            self.order.nodes[s.node as usize].e.end = seq;
         }
         self.segs[i].end = seq;
         self.segs[i].fin = false;
@@ -422,7 +447,7 @@ impl Scoreboard {
             s.node = NIL;
         }
         if timed(s.flags) {
-            s.node = self.order.insert_sorted(s.start, now);
+            s.node = self.order.insert_sorted(s.entry());
         }
         let out = *s;
         // Only the first candidate moves the hint: a record resent out of turn (a tail loss
@@ -620,7 +645,7 @@ impl Scoreboard {
                 let f = s.flags;
                 s.start = ack;
                 if s.node != NIL {
-                    self.order.nodes[s.node as usize].start = ack;
+                    self.order.nodes[s.node as usize].e.start = ack;
                 }
                 if f & SACKED != 0 {
                     self.sacked -= cut as u64;
@@ -805,16 +830,17 @@ impl Scoreboard {
                 return false;
             }
             let node = o.nodes[n as usize];
-            let i = self.segs.partition_point(|s| s.start.lt(node.start));
+            let i = self.segs.partition_point(|s| s.start.lt(node.e.start));
             let ok = node.prev == prev
-                && last_sent.is_none_or(|t| t <= node.sent_at)
-                && self.segs.get(i).is_some_and(|s| {
-                    s.node == n && s.start == node.start && s.sent_at == node.sent_at
-                });
+                && last_sent.is_none_or(|t| t <= node.e.sent_at)
+                && self
+                    .segs
+                    .get(i)
+                    .is_some_and(|s| s.node == n && s.entry() == node.e);
             if !ok {
                 return false;
             }
-            last_sent = Some(node.sent_at);
+            last_sent = Some(node.e.sent_at);
             count += 1;
             prev = n;
             n = node.next;
@@ -855,6 +881,59 @@ mod tests {
             );
         }
         b
+    }
+
+    /// Starts of the records in the send-time order, oldest transmission first.
+    fn order(b: &Scoreboard) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut c = b.first_sent();
+        while let Some(x) = c {
+            out.push(b.sent_entry(x).start.0);
+            c = b.next_sent(x);
+        }
+        out
+    }
+
+    #[test]
+    fn send_time_order_follows_transmissions_and_marks() {
+        let ms = Instant::from_millis;
+        let mut b = board(5);
+        assert_eq!(order(&b), [0, 100, 200, 300, 400]);
+        // A retransmission moves to the tail; the rest of a partial one keeps its place.
+        b.retransmit(1, 40, ms(9), TxSnapshot::default());
+        assert_eq!(order(&b), [0, 140, 200, 300, 400, 100]);
+        assert!(b.check());
+        // SACKed and lost records leave; a lost retransmission leaves until resent.
+        b.on_ack(Seq(0), &[(Seq(200), Seq(300))], Seq(500), None, |_| {});
+        assert_eq!(order(&b), [0, 140, 300, 400, 100]);
+        b.mark_lost(b.find(Seq(300)).unwrap());
+        b.mark_lost(b.find(Seq(100)).unwrap());
+        assert_eq!(order(&b), [0, 140, 400]);
+        assert!(b.check());
+        // Cumulative ACK: acked records leave, a trimmed one keeps its entry.
+        b.retransmit(b.find(Seq(100)).unwrap(), 40, ms(10), TxSnapshot::default());
+        b.on_ack(Seq(120), &[], Seq(500), None, |_| {});
+        assert_eq!(order(&b), [140, 400, 120]);
+        assert!(b.check());
+        // Undo and reneging bring records back, by send time.
+        b.mark_lost(b.find(Seq(120)).unwrap());
+        b.clear_lost();
+        assert_eq!(order(&b), [140, 300, 400, 120]);
+        b.clear_sacks();
+        assert_eq!(order(&b), [140, 200, 300, 400, 120]);
+        assert!(b.check());
+        // A timeout leaves nothing for RACK; the slab is reused, then given back.
+        let cap = b.capacity_bytes();
+        b.mark_all_lost();
+        assert_eq!(order(&b), [] as [u32; 0]);
+        b.push(Seq(500), Seq(600), false, ms(11), TxSnapshot::default());
+        assert_eq!(order(&b), [500]);
+        assert_eq!(b.capacity_bytes(), cap, "no growth for a freed node");
+        assert!(b.check());
+        b.on_ack(Seq(600), &[], Seq(600), None, |_| {});
+        b.shrink();
+        assert_eq!(b.capacity_bytes(), 0);
+        assert!(b.check());
     }
 
     #[test]
