@@ -523,6 +523,9 @@ mod bench {
             best = best.min(t0.elapsed().as_nanos() / acks);
             lost_total = lost;
         }
-        println!("RACK bench: {N} records, 1% holes: {best} ns per ACK (best of 5), {lost_total} marked lost");
+        println!(
+            "RACK bench: {N} records, 1% holes: {best} ns per ACK (best of 5), \
+             {lost_total} marked lost"
+        );
     }
 }

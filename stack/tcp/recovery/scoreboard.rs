@@ -25,7 +25,7 @@
 //! the previous ACK are skipped (a "SACK cache", as Linux keeps one), so a growing block costs
 //! only its new part; a (re)transmission, loss mark or split O(1) more for the send-time order;
 //! undoing loss marks ([`Scoreboard::clear_lost`]) and reneging ([`Scoreboard::clear_sacks`])
-//! rebuild it, O(n log n), both rare.
+//! rebuild it in place, O(n log n), both rare.
 
 use super::rate::TxSnapshot;
 use crate::stack::tcp::seq::Seq;
@@ -366,21 +366,35 @@ impl Scoreboard {
         }
     }
 
-    /// Rebuilds the send-time order from the records (after marks were cleared: rare).
+    /// Rebuilds the send-time order from the records (after marks were cleared: rare), in the
+    /// slab itself: no allocation beyond its growth.
     fn rebuild_order(&mut self) {
-        self.order.clear();
-        let mut timed_idx: Vec<u32> = (0..self.segs.len() as u32)
-            .filter(|&i| timed(self.segs[i as usize].flags))
-            .collect();
-        // Stable: equal send times keep sequence order.
-        timed_idx.sort_by_key(|&i| self.segs[i as usize].sent_at);
-        for s in self.segs.iter_mut() {
+        let o = &mut self.order;
+        o.clear();
+        for (i, s) in self.segs.iter_mut().enumerate() {
             s.node = NIL;
+            if timed(s.flags) {
+                // `prev` holds the record's index until the nodes are linked.
+                o.nodes.push(Node {
+                    prev: i as u32,
+                    next: NIL,
+                    e: s.entry(),
+                });
+            }
         }
-        for i in timed_idx {
-            let s = &mut self.segs[i as usize];
-            s.node = self.order.insert_after(self.order.tail, s.entry());
+        // By send time; equal times in sequence order.
+        o.nodes.sort_unstable_by_key(|n| (n.e.sent_at, n.prev));
+        let len = o.nodes.len() as u32;
+        for k in 0..len {
+            let node = &mut o.nodes[k as usize];
+            self.segs[node.prev as usize].node = k;
+            node.prev = if k == 0 { NIL } else { k - 1 };
+            node.next = if k + 1 == len { NIL } else { k + 1 };
         }
+        if len > 0 {
+            (o.head, o.tail) = (0, len - 1);
+        }
+        o.len = len as usize;
     }
 
     /// New data `[start, end)` went out for the first time.
