@@ -116,6 +116,11 @@ impl Rack {
     /// Marks lost every segment sent before the most recently delivered one whose time is up
     /// (RFC 8985 §6.2 step 5). Returns (bytes newly lost, segments newly lost, when the first
     /// not-yet-lost candidate will be: the reorder timer).
+    ///
+    /// Walks the scoreboard's send-time order from the oldest transmission and stops at the
+    /// first one sent after the RACK segment (Linux `tcp_rack_detect_loss`): SACKed records and
+    /// lost ones waiting for retransmission are not in it, so the walk costs the holes sent
+    /// before the most recently delivered segment, not the flight.
     pub fn detect_loss(
         &mut self,
         sb: &mut Scoreboard,
@@ -127,36 +132,57 @@ impl Rack {
         };
         let (mut bytes, mut segs) = (0u64, 0u64);
         let mut timer: Option<Instant> = None;
-        let mut i = 0;
-        while let Some(s) = sb.get(i) {
-            let s = *s;
-            // Segments above the RACK segment that were never retransmitted were sent after it.
-            if s.start.ge(self.end_seq) && s.flags & EVER_RETRANS == 0 {
+        // Where a walk in sequence order would stop (computed when first needed): the first
+        // record at or above the RACK segment's end that was never retransmitted. It and the
+        // records above it went out after the RACK segment's first transmission; those
+        // retransmitted since are not judged against a retransmitted RACK segment either.
+        let mut seq_limit: Option<Option<Seq>> = None;
+        let mut cur = sb.first_sent();
+        while let Some(c) = cur {
+            let s = sb.sent_entry(c);
+            let sent_at = s.sent_at;
+            if sent_at > xmit_ts {
                 break;
             }
-            let skip = s.flags & SACKED != 0 || (s.flags & LOST != 0 && s.flags & RETRANS == 0);
+            // Taken before marking: marking this record lost takes it out of the order.
+            cur = sb.next_sent(c);
+            debug_assert!(
+                s.flags & SACKED == 0 && (s.flags & LOST == 0 || s.flags & RETRANS != 0),
+                "RACK skips SACKed and lost-waiting records: never in the order"
+            );
+            if s.start.ge(self.end_seq) {
+                if s.flags & EVER_RETRANS == 0 {
+                    continue;
+                }
+                let limit = *seq_limit.get_or_insert_with(|| sb.first_original_from(self.end_seq));
+                if limit.is_some_and(|l| s.start.ge(l)) {
+                    continue;
+                }
+            }
             // At the same instant, sequence order tells which went first only for original
             // transmissions: a retransmission sent at that instant may have gone after the
             // delivered segment (it is answered by this very ACK's successors), and marking it
             // lost again would resend it once per ACK.
-            let before = s.sent_at < xmit_ts
-                || (s.sent_at == xmit_ts && s.end.lt(self.end_seq) && s.flags & RETRANS == 0);
-            if !skip && before {
-                let deadline = s.sent_at + self.rtt + reo_wnd;
-                if deadline <= now {
-                    let was_lost_rtx = sb.lost_retransmitted(i);
-                    let b = sb.mark_lost(i);
-                    if b > 0 || was_lost_rtx {
-                        bytes += b;
-                        segs += 1;
-                    }
-                } else {
-                    //= rfc8985#section-6.3
-                    // The reorder timer waits for the latest such deadline.
-                    timer = Some(timer.map_or(deadline, |t| t.max(deadline)));
-                }
+            let before = sent_at < xmit_ts || (s.end.lt(self.end_seq) && s.flags & RETRANS == 0);
+            if !before {
+                continue;
             }
-            i += 1;
+            let deadline = sent_at + self.rtt + reo_wnd;
+            if deadline <= now {
+                let i = sb.index_of(c);
+                let was_lost_rtx = sb.lost_retransmitted(i);
+                let b = sb.mark_lost(i);
+                if b > 0 || was_lost_rtx {
+                    bytes += b;
+                    segs += 1;
+                }
+            } else {
+                //= rfc8985#section-6.3
+                // The reorder timer waits for the latest such deadline. In send-time order the
+                // deadlines only grow, so every record from here to the RACK segment is
+                // waiting too (and is a hole: sent before a delivered segment, not delivered).
+                timer = Some(timer.map_or(deadline, |t| t.max(deadline)));
+            }
         }
         (bytes, segs, timer)
     }
@@ -272,5 +298,234 @@ mod tests {
             r.on_recovery_end();
         }
         assert_eq!(r.reo_wnd_mult(), 1);
+    }
+
+    /// The walk `detect_loss` did before the send-time order: every record in sequence order
+    /// up to the first never-retransmitted one at or above RACK.end_seq.
+    fn reference_detect_loss(
+        r: &Rack,
+        sb: &mut Scoreboard,
+        now: Instant,
+        reo_wnd: Duration,
+    ) -> (u64, u64, Option<Instant>) {
+        let Some(xmit_ts) = r.xmit_ts else {
+            return (0, 0, None);
+        };
+        let (mut bytes, mut segs) = (0u64, 0u64);
+        let mut timer: Option<Instant> = None;
+        let mut i = 0;
+        while let Some(s) = sb.get(i) {
+            let s = *s;
+            if s.start.ge(r.end_seq) && s.flags & EVER_RETRANS == 0 {
+                break;
+            }
+            let skip = s.flags & SACKED != 0 || (s.flags & LOST != 0 && s.flags & RETRANS == 0);
+            let before = s.sent_at < xmit_ts
+                || (s.sent_at == xmit_ts && s.end.lt(r.end_seq) && s.flags & RETRANS == 0);
+            if !skip && before {
+                let deadline = s.sent_at + r.rtt + reo_wnd;
+                if deadline <= now {
+                    let was_lost_rtx = sb.lost_retransmitted(i);
+                    let b = sb.mark_lost(i);
+                    if b > 0 || was_lost_rtx {
+                        bytes += b;
+                        segs += 1;
+                    }
+                } else {
+                    timer = Some(timer.map_or(deadline, |t| t.max(deadline)));
+                }
+            }
+            i += 1;
+        }
+        (bytes, segs, timer)
+    }
+
+    /// xorshift64*: deterministic randomness for the equivalence test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            if n == 0 {
+                0
+            } else {
+                self.next() % n
+            }
+        }
+    }
+
+    fn marks(sb: &Scoreboard) -> Vec<(Seq, Seq, u8, Instant)> {
+        (0..sb.len())
+            .map(|i| {
+                let s = sb.get(i).unwrap();
+                (s.start, s.end, s.flags, s.sent_at)
+            })
+            .collect()
+    }
+
+    /// Random sequences of transmissions, retransmissions (whole and partial, so splits),
+    /// cumulative ACKs and SACKs (RACK fed from them), loss marks, timeouts, undo, reneging and
+    /// coalescing, with the clock often standing still (equal send times) and sometimes going
+    /// back: after each step the
+    /// scoreboard (send-time order included) is consistent, and at each RACK run the walk in
+    /// send-time order marks exactly what the old sequence-order walk marks, with the same
+    /// counts and reorder timer.
+    #[test]
+    fn detect_loss_matches_the_sequence_order_walk() {
+        let mut runs_with_marks = 0;
+        let mut runs_with_timer = 0;
+        for seed in 1..=1500u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut sb = Scoreboard::default();
+            let mut r = Rack::default();
+            let mut now = ms(1);
+            let mut earlier = now;
+            let (mut una, mut nxt) = (Seq(1000), Seq(1000));
+            for step in 0..300 {
+                // The clock stands still a third of the time: equal send times.
+                now += Duration::from_micros(rng.below(3) * rng.below(4000));
+                if rng.below(10) == 0 {
+                    earlier = now;
+                }
+                // Now and then a transmission is stamped with an earlier time (a clock that
+                // went backwards): the order stays sorted by send time.
+                let at = if rng.below(15) == 0 { earlier } else { now };
+                let op = rng.below(100);
+                if op < 25 || sb.is_empty() {
+                    let len = 1 + rng.below(300) as u32;
+                    sb.push(nxt, nxt + len, false, at, TxSnapshot::default());
+                    nxt += len;
+                } else if op < 37 {
+                    let i = rng.below(sb.len() as u64) as usize;
+                    let s = *sb.get(i).unwrap();
+                    if !s.has(SACKED) {
+                        let len = if rng.below(3) == 0 {
+                            rng.below(s.len() as u64) as u32
+                        } else {
+                            s.len()
+                        };
+                        sb.retransmit(i, len, at, TxSnapshot::default());
+                    }
+                } else if op < 37 + 30 {
+                    // An ACK: maybe cumulative progress, up to three SACK blocks.
+                    let span = (nxt - una) as u64;
+                    let ack = if rng.below(3) == 0 {
+                        una + rng.below(span + 1) as u32
+                    } else {
+                        una
+                    };
+                    let mut blocks = [(Seq(0), Seq(0)); 3];
+                    let n = rng.below(4) as usize;
+                    for b in blocks.iter_mut().take(n) {
+                        let l = una + rng.below(span + 1) as u32;
+                        let r_ = l + rng.below(600) as u32;
+                        *b = (l, r_);
+                    }
+                    let rtt_ok = rng.below(4) != 0;
+                    sb.on_ack(ack, &blocks[..n], nxt, None, |s| {
+                        r.on_delivered(s.sent_at, s.start, s.end, s.flags, now, rtt_ok)
+                    });
+                    if ack.gt(una) {
+                        una = ack;
+                    }
+                } else if op < 75 {
+                    let i = rng.below(sb.len() as u64) as usize;
+                    sb.mark_lost(i);
+                } else if op < 77 {
+                    sb.mark_all_lost();
+                } else if op < 79 {
+                    sb.clear_lost();
+                } else if op < 80 {
+                    sb.clear_sacks();
+                } else if op < 83 {
+                    let i = rng.below(sb.len() as u64) as usize;
+                    sb.coalesce(i, 1 + rng.below(600) as u32);
+                } else if op < 84 {
+                    r.reset_on_rto();
+                } else {
+                    let reo = Duration::from_micros(rng.below(3) * rng.below(3000));
+                    let mut old = sb.clone();
+                    let want = reference_detect_loss(&r, &mut old, now, reo);
+                    let got = r.detect_loss(&mut sb, now, reo);
+                    assert_eq!(got, want, "seed {seed} step {step}");
+                    assert_eq!(marks(&sb), marks(&old), "seed {seed} step {step}");
+                    runs_with_marks += u32::from(got.1 > 0);
+                    runs_with_timer += u32::from(got.2.is_some());
+                }
+                assert!(sb.check(), "seed {seed} step {step} op {op}");
+                if sb.is_empty() {
+                    sb.shrink();
+                }
+            }
+        }
+        // The sequences reach the interesting cases.
+        assert!(runs_with_marks > 1000, "{runs_with_marks}");
+        assert!(runs_with_timer > 1000, "{runs_with_timer}");
+    }
+}
+
+/// CPU cost of one ACK during recovery on a long fat path (not an assertion: run with
+/// `cargo test --release --lib rack::bench -- --ignored --nocapture`).
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::stack::tcp::recovery::rate::TxSnapshot;
+
+    /// A 20,000-record flight (sent 10 µs apart, 250 ms RTT) with every 100th record lost: the
+    /// others are SACKed one per ACK, in order, and RACK runs after each.
+    #[test]
+    #[ignore]
+    fn ns_per_ack_20k_flight_1pct_holes() {
+        const N: u32 = 20_000;
+        const MSS: u32 = 1448;
+        let rtt = Duration::from_millis(250);
+        let reo = Duration::from_millis(62);
+        let sent = |i: u32| Instant::from_micros(1_000 + i as u64 * 10);
+        let hole = |i: u32| i.is_multiple_of(100);
+        let mut best = u128::MAX;
+        let mut lost_total = 0;
+        for _round in 0..5 {
+            let mut sb = Scoreboard::default();
+            for i in 0..N {
+                sb.push(
+                    Seq(i * MSS),
+                    Seq((i + 1) * MSS),
+                    false,
+                    sent(i),
+                    TxSnapshot::default(),
+                );
+            }
+            let mut r = Rack::default();
+            let mut lost = 0;
+            let t0 = std::time::Instant::now();
+            let mut acks = 0u128;
+            for i in 0..N {
+                if hole(i) {
+                    continue;
+                }
+                // The block from just above the last hole to this record.
+                let l = (i / 100 * 100 + 1) * MSS;
+                let blocks = [(Seq(l), Seq((i + 1) * MSS))];
+                let now = sent(i) + rtt;
+                sb.on_ack(Seq(0), &blocks, Seq(N * MSS), None, |s| {
+                    r.on_delivered(s.sent_at, s.start, s.end, s.flags, now, true)
+                });
+                let (_, n, _) = r.detect_loss(&mut sb, now, reo);
+                lost += n;
+                acks += 1;
+            }
+            best = best.min(t0.elapsed().as_nanos() / acks);
+            lost_total = lost;
+        }
+        println!(
+            "RACK bench: {N} records, 1% holes: {best} ns per ACK (best of 5), \
+             {lost_total} marked lost"
+        );
     }
 }

@@ -10,10 +10,22 @@
 //! `in_flight = outstanding - sacked - lost + retrans` (a lost segment that was retransmitted
 //! counts once, a retransmission of a segment not marked lost counts twice, as RFC 6675's `pipe`).
 //!
-//! Memory: a `VecDeque` that grows with the window and is reused; [`Scoreboard::shrink`] gives it
-//! back when the connection goes idle. Costs: cumulative ACK O(records acked); a SACK block
-//! O(log n + records it newly covers) — blocks already seen on the previous ACK are skipped
-//! (a "SACK cache", as Linux keeps one), so a growing block costs only its new part.
+//! A second order, by send time, links the records RACK must examine (Linux's
+//! `tsorted_sent_queue`): those in flight, not SACKed and not lost-waiting-for-retransmission.
+//! A first transmission joins at the tail, a retransmission moves to the tail, a SACK, a
+//! cumulative ACK or a loss mark takes the record out. RACK walks it from the oldest and stops at
+//! the first record sent after the most recently delivered one, so an ACK costs the holes
+//! below that point, not the whole flight. It is an index-linked list in a slab (each record
+//! holds its node), so linking and unlinking are O(1) and allocate nothing once the slab has
+//! grown.
+//!
+//! Memory: a `VecDeque` and the slab, both grown with the window and reused;
+//! [`Scoreboard::shrink`] gives them back when the connection goes idle. Costs: cumulative ACK
+//! O(records acked); a SACK block O(log n + records it newly covers) — blocks already seen on
+//! the previous ACK are skipped (a "SACK cache", as Linux keeps one), so a growing block costs
+//! only its new part; a (re)transmission, loss mark or split O(1) more for the send-time order;
+//! undoing loss marks ([`Scoreboard::clear_lost`]) and reneging ([`Scoreboard::clear_sacks`])
+//! rebuild it in place, O(n log n), both rare.
 
 use super::rate::TxSnapshot;
 use crate::stack::tcp::seq::Seq;
@@ -45,6 +57,8 @@ pub struct SentSeg {
     pub sent_at: Instant,
     /// Delivery-rate snapshot of that transmission.
     pub tx: TxSnapshot,
+    /// Its node in the send-time order, [`NIL`] when not there.
+    node: u32,
 }
 
 impl SentSeg {
@@ -62,7 +76,159 @@ impl SentSeg {
     pub fn has(&self, f: u8) -> bool {
         self.flags & f != 0
     }
+
+    /// What the send-time order keeps of it.
+    fn entry(&self) -> SentEntry {
+        SentEntry {
+            start: self.start,
+            end: self.end,
+            flags: self.flags,
+            sent_at: self.sent_at,
+        }
+    }
 }
+
+/// No node.
+const NIL: u32 = u32::MAX;
+
+/// Whether RACK examines a record with these marks: in flight and not SACKed, and not lost
+/// and waiting for its retransmission (RFC 8985 §6.2 step 5 skips those).
+fn timed(flags: u8) -> bool {
+    flags & SACKED == 0 && (flags & LOST == 0 || flags & RETRANS != 0)
+}
+
+/// What the send-time order knows of a record: what RACK needs to judge it, so a walk reads
+/// the slab only. The marks cannot change while a record is in the order (every change takes
+/// it out, or re-sends it and so re-links it); `start` finds the record again (records are
+/// ordered by sequence number, so that is a binary search).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentEntry {
+    /// The record's first sequence number.
+    pub start: Seq,
+    /// One past its last.
+    pub end: Seq,
+    /// Its marks.
+    pub flags: u8,
+    /// Its last (re)transmission.
+    pub sent_at: Instant,
+}
+
+/// One record's place in the send-time order.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    prev: u32,
+    next: u32,
+    e: SentEntry,
+}
+
+/// A doubly linked list of records by send time, its nodes in a slab with a free list.
+#[derive(Clone, Debug)]
+struct SendOrder {
+    nodes: Vec<Node>,
+    /// First free node (linked through `next`).
+    free: u32,
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+impl Default for SendOrder {
+    fn default() -> Self {
+        SendOrder {
+            nodes: Vec::new(),
+            free: NIL,
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+}
+
+impl SendOrder {
+    /// Links a new node after `after` ([`NIL`]: at the head). Returns it.
+    fn insert_after(&mut self, after: u32, e: SentEntry) -> u32 {
+        let next = if after == NIL {
+            self.head
+        } else {
+            self.nodes[after as usize].next
+        };
+        let node = Node {
+            prev: after,
+            next,
+            e,
+        };
+        let n = if self.free != NIL {
+            let n = self.free;
+            self.free = self.nodes[n as usize].next;
+            self.nodes[n as usize] = node;
+            n
+        } else {
+            // Amortised growth only: a steady window reuses the slab.
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        };
+        if after == NIL {
+            self.head = n;
+        } else {
+            self.nodes[after as usize].next = n;
+        }
+        if next == NIL {
+            self.tail = n;
+        } else {
+            self.nodes[next as usize].prev = n;
+        }
+        self.len += 1;
+        n
+    }
+
+    /// Links a node at its place by send time: the tail, unless the clock went backwards.
+    fn insert_sorted(&mut self, e: SentEntry) -> u32 {
+        let mut after = self.tail;
+        while after != NIL && self.nodes[after as usize].e.sent_at > e.sent_at {
+            after = self.nodes[after as usize].prev;
+        }
+        self.insert_after(after, e)
+    }
+
+    /// Unlinks node `n` and frees it.
+    fn remove(&mut self, n: u32) {
+        let Node { prev, next, .. } = self.nodes[n as usize];
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+        self.nodes[n as usize].next = self.free;
+        self.nodes[n as usize].prev = NIL;
+        self.free = n;
+        self.len -= 1;
+    }
+
+    /// Empties the list, keeping the slab.
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.free = NIL;
+        self.head = NIL;
+        self.tail = NIL;
+        self.len = 0;
+    }
+
+    /// The node after `n`, if any.
+    fn next(&self, n: u32) -> Option<u32> {
+        Some(self.nodes[n as usize].next).filter(|&m| m != NIL)
+    }
+}
+
+/// A place in the send-time order (see [`Scoreboard::first_sent`]); valid until the scoreboard
+/// next changes, except that marking the record it stands for lost leaves the cursors of the
+/// other records valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentCursor(u32);
 
 /// What one ACK did to the scoreboard.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,9 +248,11 @@ pub struct AckOutcome {
 }
 
 /// Records of what is in flight. See the module docs.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Scoreboard {
     segs: VecDeque<SentSeg>,
+    /// The records RACK examines, by send time.
+    order: SendOrder,
     sacked: u64,
     lost: u64,
     retrans: u64,
@@ -142,13 +310,91 @@ impl Scoreboard {
     /// Memory held, bytes.
     pub fn capacity_bytes(&self) -> usize {
         self.segs.capacity() * std::mem::size_of::<SentSeg>()
+            + self.order.nodes.capacity() * std::mem::size_of::<Node>()
     }
 
     /// Gives memory back (call when nothing is in flight).
     pub fn shrink(&mut self) {
         if self.segs.is_empty() {
             self.segs = VecDeque::new();
+            self.order = SendOrder::default();
         }
+    }
+
+    /// The record sent longest ago among those RACK examines (in flight, not SACKed, not lost
+    /// and waiting for retransmission). O(1).
+    pub fn first_sent(&self) -> Option<SentCursor> {
+        Some(SentCursor(self.order.head)).filter(|c| c.0 != NIL)
+    }
+
+    /// The next one by send time (ties: the order they were sent in). O(1).
+    pub fn next_sent(&self, c: SentCursor) -> Option<SentCursor> {
+        self.order.next(c.0).map(SentCursor)
+    }
+
+    /// The record at `c`, as far as RACK needs it. O(1).
+    pub fn sent_entry(&self, c: SentCursor) -> SentEntry {
+        self.order.nodes[c.0 as usize].e
+    }
+
+    /// The index of the record at `c`. O(log n).
+    pub fn index_of(&self, c: SentCursor) -> usize {
+        let start = self.order.nodes[c.0 as usize].e.start;
+        let i = self.segs.partition_point(|s| s.start.lt(start));
+        debug_assert_eq!(self.segs.get(i).map(|s| s.node), Some(c.0));
+        i
+    }
+
+    /// The first record starting at or above `seq` that was never retransmitted, its start.
+    /// O(log n + retransmitted records skipped).
+    pub fn first_original_from(&self, seq: Seq) -> Option<Seq> {
+        let from = self.segs.partition_point(|s| s.start.lt(seq));
+        self.segs
+            .range(from..)
+            .find(|s| !s.has(EVER_RETRANS))
+            .map(|s| s.start)
+    }
+
+    /// Puts record `i` in or out of the send-time order after its marks changed without a new
+    /// transmission: only ever out (SACKed, or lost and waiting).
+    fn untime(&mut self, i: usize) {
+        let s = &mut self.segs[i];
+        if s.node != NIL && !timed(s.flags) {
+            let n = s.node;
+            s.node = NIL;
+            self.order.remove(n);
+        }
+    }
+
+    /// Rebuilds the send-time order from the records (after marks were cleared: rare), in the
+    /// slab itself: no allocation beyond its growth.
+    fn rebuild_order(&mut self) {
+        let o = &mut self.order;
+        o.clear();
+        for (i, s) in self.segs.iter_mut().enumerate() {
+            s.node = NIL;
+            if timed(s.flags) {
+                // `prev` holds the record's index until the nodes are linked.
+                o.nodes.push(Node {
+                    prev: i as u32,
+                    next: NIL,
+                    e: s.entry(),
+                });
+            }
+        }
+        // By send time; equal times in sequence order.
+        o.nodes.sort_unstable_by_key(|n| (n.e.sent_at, n.prev));
+        let len = o.nodes.len() as u32;
+        for k in 0..len {
+            let node = &mut o.nodes[k as usize];
+            self.segs[node.prev as usize].node = k;
+            node.prev = if k == 0 { NIL } else { k - 1 };
+            node.next = if k + 1 == len { NIL } else { k + 1 };
+        }
+        if len > 0 {
+            (o.head, o.tail) = (0, len - 1);
+        }
+        o.len = len as usize;
     }
 
     /// New data `[start, end)` went out for the first time.
@@ -157,14 +403,17 @@ impl Scoreboard {
             return;
         }
         // Amortised growth only: a steady window reuses the ring.
-        self.segs.push_back(SentSeg {
+        let mut s = SentSeg {
             start,
             end,
             fin,
             flags: 0,
             sent_at: now,
             tx,
-        });
+            node: NIL,
+        };
+        s.node = self.order.insert_sorted(s.entry());
+        self.segs.push_back(s);
     }
 
     /// Index of the record holding `seq`, if any.
@@ -182,6 +431,11 @@ impl Scoreboard {
         }
         let mut tail = s;
         tail.start = seq;
+        // Sent with the head: its place is right after it.
+        if s.node != NIL {
+            tail.node = self.order.insert_after(s.node, tail.entry());
+            self.order.nodes[s.node as usize].e.end = seq;
+        }
         self.segs[i].end = seq;
         self.segs[i].fin = false;
         self.segs.insert(i + 1, tail);
@@ -201,6 +455,14 @@ impl Scoreboard {
         s.flags |= RETRANS | EVER_RETRANS;
         s.sent_at = now;
         s.tx = tx;
+        // Sent again: to the tail of the send-time order.
+        if s.node != NIL {
+            self.order.remove(s.node);
+            s.node = NIL;
+        }
+        if timed(s.flags) {
+            s.node = self.order.insert_sorted(s.entry());
+        }
         let out = *s;
         // Only the first candidate moves the hint: a record resent out of turn (a tail loss
         // probe, RFC 6675 rule 3) may lie above lost records still waiting.
@@ -234,6 +496,7 @@ impl Scoreboard {
         if self.rtx_hint.get().is_none_or(|h| start.lt(h)) {
             self.rtx_hint.set(Some(start));
         }
+        self.untime(i);
         newly
     }
 
@@ -261,6 +524,8 @@ impl Scoreboard {
         }
         self.lost = 0;
         self.rtx_hint.set(None);
+        // The records that were waiting for retransmission are RACK's again.
+        self.rebuild_order();
     }
 
     /// The peer dropped data it had SACKed (reneging, RFC 2018 §8): forget every SACK.
@@ -284,6 +549,7 @@ impl Scoreboard {
             .filter(|s| s.has(RETRANS))
             .map(|s| s.len() as u64)
             .sum();
+        self.rebuild_order();
     }
 
     /// The first record marked lost and not retransmitted since (RFC 6675 NextSeg rule 1).
@@ -325,6 +591,10 @@ impl Scoreboard {
             }
             self.segs[i].end = b.end;
             self.segs[i].fin = b.fin;
+            // Both lost and waiting, so neither is in the send-time order; be sure anyway.
+            if b.node != NIL {
+                self.order.remove(b.node);
+            }
             self.segs.remove(i + 1);
         }
     }
@@ -371,6 +641,9 @@ impl Scoreboard {
         while let Some(s) = self.segs.front() {
             if s.end.le(ack) {
                 let s = self.segs.pop_front().expect("front");
+                if s.node != NIL {
+                    self.order.remove(s.node);
+                }
                 self.forget(&s);
                 if s.has(SACKED) {
                     out.sacked_acked += s.len() as u64;
@@ -385,6 +658,9 @@ impl Scoreboard {
                 let s = self.segs.front_mut().expect("front");
                 let f = s.flags;
                 s.start = ack;
+                if s.node != NIL {
+                    self.order.nodes[s.node as usize].e.start = ack;
+                }
                 if f & SACKED != 0 {
                     self.sacked -= cut as u64;
                 } else {
@@ -504,6 +780,7 @@ impl Scoreboard {
                 self.retrans -= len;
             }
             self.segs[i].flags = (s.flags | SACKED) & !(LOST | RETRANS);
+            self.untime(i);
             self.sacked += len;
             out.sacked += len;
             if self.high_sacked.is_none_or(|h| h.lt(s.end)) {
@@ -551,7 +828,53 @@ impl Scoreboard {
                 retrans += len;
             }
         }
-        (sacked, lost, retrans) == (self.sacked, self.lost, self.retrans)
+        (sacked, lost, retrans) == (self.sacked, self.lost, self.retrans) && self.check_order()
+    }
+
+    /// The send-time order holds exactly the records RACK examines, each node naming its
+    /// record, sorted by send time, linked both ways; the rest of the slab is free.
+    fn check_order(&self) -> bool {
+        let o = &self.order;
+        let mut n = o.head;
+        let mut prev = NIL;
+        let mut count = 0;
+        let mut last_sent: Option<Instant> = None;
+        while n != NIL {
+            if count > o.len || n as usize >= o.nodes.len() {
+                return false;
+            }
+            let node = o.nodes[n as usize];
+            let i = self.segs.partition_point(|s| s.start.lt(node.e.start));
+            let ok = node.prev == prev
+                && last_sent.is_none_or(|t| t <= node.e.sent_at)
+                && self
+                    .segs
+                    .get(i)
+                    .is_some_and(|s| s.node == n && s.entry() == node.e);
+            if !ok {
+                return false;
+            }
+            last_sent = Some(node.e.sent_at);
+            count += 1;
+            prev = n;
+            n = node.next;
+        }
+        let mut free = 0;
+        let mut f = o.free;
+        while f != NIL {
+            if free > o.nodes.len() || f as usize >= o.nodes.len() {
+                return false;
+            }
+            free += 1;
+            f = o.nodes[f as usize].next;
+        }
+        let members = self.segs.iter().filter(|s| s.node != NIL).count();
+        let should = self.segs.iter().filter(|s| timed(s.flags)).count();
+        o.tail == prev
+            && count == o.len
+            && members == count
+            && should == count
+            && free + count == o.nodes.len()
     }
 }
 
@@ -572,6 +895,59 @@ mod tests {
             );
         }
         b
+    }
+
+    /// Starts of the records in the send-time order, oldest transmission first.
+    fn order(b: &Scoreboard) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut c = b.first_sent();
+        while let Some(x) = c {
+            out.push(b.sent_entry(x).start.0);
+            c = b.next_sent(x);
+        }
+        out
+    }
+
+    #[test]
+    fn send_time_order_follows_transmissions_and_marks() {
+        let ms = Instant::from_millis;
+        let mut b = board(5);
+        assert_eq!(order(&b), [0, 100, 200, 300, 400]);
+        // A retransmission moves to the tail; the rest of a partial one keeps its place.
+        b.retransmit(1, 40, ms(9), TxSnapshot::default());
+        assert_eq!(order(&b), [0, 140, 200, 300, 400, 100]);
+        assert!(b.check());
+        // SACKed and lost records leave; a lost retransmission leaves until resent.
+        b.on_ack(Seq(0), &[(Seq(200), Seq(300))], Seq(500), None, |_| {});
+        assert_eq!(order(&b), [0, 140, 300, 400, 100]);
+        b.mark_lost(b.find(Seq(300)).unwrap());
+        b.mark_lost(b.find(Seq(100)).unwrap());
+        assert_eq!(order(&b), [0, 140, 400]);
+        assert!(b.check());
+        // Cumulative ACK: acked records leave, a trimmed one keeps its entry.
+        b.retransmit(b.find(Seq(100)).unwrap(), 40, ms(10), TxSnapshot::default());
+        b.on_ack(Seq(120), &[], Seq(500), None, |_| {});
+        assert_eq!(order(&b), [140, 400, 120]);
+        assert!(b.check());
+        // Undo and reneging bring records back, by send time.
+        b.mark_lost(b.find(Seq(120)).unwrap());
+        b.clear_lost();
+        assert_eq!(order(&b), [140, 300, 400, 120]);
+        b.clear_sacks();
+        assert_eq!(order(&b), [140, 200, 300, 400, 120]);
+        assert!(b.check());
+        // A timeout leaves nothing for RACK; the slab is reused, then given back.
+        let cap = b.capacity_bytes();
+        b.mark_all_lost();
+        assert_eq!(order(&b), [] as [u32; 0]);
+        b.push(Seq(500), Seq(600), false, ms(11), TxSnapshot::default());
+        assert_eq!(order(&b), [500]);
+        assert_eq!(b.capacity_bytes(), cap, "no growth for a freed node");
+        assert!(b.check());
+        b.on_ack(Seq(600), &[], Seq(600), None, |_| {});
+        b.shrink();
+        assert_eq!(b.capacity_bytes(), 0);
+        assert!(b.check());
     }
 
     #[test]
