@@ -132,11 +132,6 @@ impl Rack {
         };
         let (mut bytes, mut segs) = (0u64, 0u64);
         let mut timer: Option<Instant> = None;
-        // Where a walk in sequence order would stop (computed when first needed): the first
-        // record at or above the RACK segment's end that was never retransmitted. It and the
-        // records above it went out after the RACK segment's first transmission; those
-        // retransmitted since are not judged against a retransmitted RACK segment either.
-        let mut seq_limit: Option<Option<Seq>> = None;
         let mut cur = sb.first_sent();
         while let Some(c) = cur {
             let s = sb.sent_entry(c);
@@ -150,15 +145,10 @@ impl Rack {
                 s.flags & SACKED == 0 && (s.flags & LOST == 0 || s.flags & RETRANS != 0),
                 "RACK skips SACKed and lost-waiting records: never in the order"
             );
-            if s.start.ge(self.end_seq) {
-                if s.flags & EVER_RETRANS == 0 {
-                    continue;
-                }
-                let limit = *seq_limit.get_or_insert_with(|| sb.first_original_from(self.end_seq));
-                if limit.is_some_and(|l| s.start.ge(l)) {
-                    continue;
-                }
-            }
+            //= rfc8985#section-6.2
+            // "Sent before" is by time only (RACK_sent_after): when the RACK segment is a
+            // retransmission, original segments above it that went out before that
+            // retransmission and are still not delivered are judged too, as Linux does.
             // At the same instant, sequence order tells which went first only for original
             // transmissions: a retransmission sent at that instant may have gone after the
             // delivered segment (it is answered by this very ACK's successors), and marking it
@@ -316,9 +306,6 @@ mod tests {
         let mut i = 0;
         while let Some(s) = sb.get(i) {
             let s = *s;
-            if s.start.ge(r.end_seq) && s.flags & EVER_RETRANS == 0 {
-                break;
-            }
             let skip = s.flags & SACKED != 0 || (s.flags & LOST != 0 && s.flags & RETRANS == 0);
             let before = s.sent_at < xmit_ts
                 || (s.sent_at == xmit_ts && s.end.lt(r.end_seq) && s.flags & RETRANS == 0);

@@ -345,16 +345,6 @@ impl Scoreboard {
         i
     }
 
-    /// The first record starting at or above `seq` that was never retransmitted, its start.
-    /// O(log n + retransmitted records skipped).
-    pub fn first_original_from(&self, seq: Seq) -> Option<Seq> {
-        let from = self.segs.partition_point(|s| s.start.lt(seq));
-        self.segs
-            .range(from..)
-            .find(|s| !s.has(EVER_RETRANS))
-            .map(|s| s.start)
-    }
-
     /// Puts record `i` in or out of the send-time order after its marks changed without a new
     /// transmission: only ever out (SACKed, or lost and waiting).
     fn untime(&mut self, i: usize) {
