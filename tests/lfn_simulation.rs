@@ -216,7 +216,8 @@ fn lfn_250ms_1pct_loss_newreno_baseline() {
 /// with 1% random loss each way and a 1-BDP queue takes on average at most 1.75 times the
 /// link-rate ideal (`ideal()`: every frame serialised at 100 Mbit/s back to back, plus 1.5 RTT;
 /// 8.74 s for 100 MB, so 15.3 s) over three seeds, and no seed more than twice (17.5 s).
-/// Measured: 13.2, 12.3, 11.8 s; 19.1, 14.2, 13.3 s before this session's BBR and RACK fixes. Startup (about 5 s of it), a lost SYN or first
+/// Measured: 12.4, 11.3, 11.6 s; 19.1, 14.2, 13.3 s before this session's BBR, RACK and buffer
+/// fixes. Startup (about 5 s of it), a lost SYN or first
 /// segment (a 1-s RTO) and the tail's recovery are what separate a run from the ideal.
 /// `LFN_SEEDS=<n>` runs more seeds.
 #[test]

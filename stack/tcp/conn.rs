@@ -377,6 +377,8 @@ pub struct Conn {
     // ---- receive autotuning (Linux DRS)
     drs_start: Instant,
     drs_copied: u64,
+    /// Bytes received out of order since `drs_start` (DRS counts them as delivered).
+    drs_ooo: u64,
 
     limit: Limit,
     limit_since: Instant,
@@ -539,6 +541,7 @@ impl Conn {
             max_flight_prev: 0,
             drs_start: now,
             drs_copied: 0,
+            drs_ooo: 0,
             limit: Limit::None,
             limit_since: now,
             info: TcpInfo::default(),
@@ -1838,6 +1841,11 @@ impl Conn {
         let had_holes = self.rcvbuf.has_out_of_order();
         let w = self.rcvbuf.write_at(off as u64, data);
         self.info.bytes_received += w.stored as u64;
+        if !in_order {
+            // Data behind a hole: the app cannot read it yet, but it is this round trip's
+            // delivery all the same (see autotune_receive).
+            self.drs_ooo += w.stored as u64;
+        }
         if w.advanced > 0 {
             self.rcv_nxt += w.advanced as u32;
             self.rcv_nxt_off += w.advanced as u64;
@@ -2197,9 +2205,14 @@ impl Conn {
 
     fn grow_send_buffer(&mut self) {
         // Like Linux's tcp_sndbuf_expand: room for two congestion windows — what is in flight and
-        // what the next round may send. (Not the peer's window: a receiver offering 16 MB to a
-        // 3-MB path would make every connection hold 32 MB of unsent data.)
-        let want = (2 * self.cc.window()) as usize;
+        // what the next round may send — plus what is outstanding but no longer in the network.
+        // (Not the peer's window: a receiver offering 16 MB to a 3-MB path would make every
+        // connection hold 32 MB of unsent data.) While a hole waits for its retransmission the
+        // SACKed data above it stays in the buffer, and a limit of two windows in all left no
+        // room for new data (250 ms, 1% loss: Startup's flight stuck at a fifth of cwnd). Linux
+        // provisions 2 (CUBIC) or 3 (BBR) windows of skb truesize, more than this in payload.
+        let parked = (self.flight_size() as u64).saturating_sub(self.in_flight() as u64);
+        let want = (2 * self.cc.window() + parked) as usize;
         let limit = want
             .max(self.cfg.wmem_initial)
             .min(self.cfg.wmem_max)
@@ -2220,9 +2233,15 @@ impl Conn {
         if now.saturating_since(self.drs_start) < rtt {
             return;
         }
-        let copied = self.drs_copied as usize;
+        // Bytes read by the app in the last RTT, plus those that arrived behind a hole (a
+        // loss on a long path holds the app's reads back for two round trips or more, and a
+        // buffer sized by reads alone then caps the sender's window just as it should grow:
+        // simulated 250 ms, 1% loss: Startup held to 1.5 MB of window for a second). Data
+        // the app leaves unread in order does not count, so a slow reader gets no more room.
+        let copied = (self.drs_copied + self.drs_ooo) as usize;
         self.drs_start = now;
         self.drs_copied = 0;
+        self.drs_ooo = 0;
         let limit = self.rcvbuf.limit();
         if copied * 4 > limit {
             let new = (copied * 4).min(self.cfg.rmem_max).max(limit);
