@@ -81,7 +81,6 @@ struct Building {
     tx_in_flight: u64,
     prior_lost: u64,
     sent_at: Instant,
-    rtt: Option<Duration>,
     end_hint: u32,
     is_retrans: bool,
 }
@@ -154,7 +153,6 @@ impl RateSampler {
                 tx_in_flight: tx.in_flight,
                 prior_lost: tx.lost,
                 sent_at,
-                rtt: (!retrans).then(|| now.saturating_since(sent_at)),
                 end_hint: end,
                 is_retrans: retrans,
             });
@@ -191,7 +189,8 @@ impl RateSampler {
             lost: self.lost - b.prior_lost.min(self.lost),
             is_retrans: b.is_retrans,
             prior_delivered: b.prior_delivered,
-            rtt: b.rtt,
+            // `delivered_at` is this ACK's time (set by every `on_delivered`).
+            rtt: (!b.is_retrans).then(|| self.delivered_at.saturating_since(b.sent_at)),
         })
     }
 }
