@@ -16,7 +16,7 @@
 mod common;
 
 use common::lab::*;
-use common::{check_pattern, fill_pattern, root_or_skip, set_cc, spawn_in};
+use common::{check_pattern, fill_pattern, root_or_skip, set_cc};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
@@ -77,16 +77,9 @@ fn interop(tag: &str, longhaul_cc: &str) {
             "--delay", "20ms", "--rate", "50mbit", "--queue", "1bdp", "--loss", "1%", "--seed", "7",
         ],
     );
-    let tap = format!("{}e", lab.tap_a);
-    lab.bridge_a_with_tap(&tap);
-    let echo = spawn_in(
-        &lab.a,
+    let echo = lab.spawn_on_a(
+        "echo",
         &[
-            "echo",
-            "--port",
-            &format!("tap:{tap}"),
-            "--ip",
-            "198.18.0.3/24",
             "--cc",
             longhaul_cc,
             "--rmem",

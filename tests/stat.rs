@@ -11,7 +11,7 @@
 mod common;
 
 use common::lab::{in_ns, Lab};
-use common::{root_or_skip, spawn_in, Netns, STACK_IP};
+use common::{root_or_skip, Netns, STACK_IP};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -338,18 +338,11 @@ fn stat_shows_the_bbr_model_of_a_sender_on_a_20ms_path() {
         "statbbr",
         &["--delay", "10ms", "--rate", "50mbit", "--queue", "1bdp"],
     );
-    let tap = format!("{}e", lab.tap_a);
-    lab.bridge_a_with_tap(&tap);
     let dir = TempDir::new("statbbr");
     let sock = dir.0.join("bbr.sock");
-    let echo = spawn_in(
-        &lab.a,
+    let echo = lab.spawn_on_a(
+        "echo",
         &[
-            "echo",
-            "--port",
-            &format!("tap:{tap}"),
-            "--ip",
-            "198.18.0.3/24",
             "--cc",
             "bbr",
             "--quiet",

@@ -135,6 +135,17 @@ impl Lab {
         lab
     }
 
+    /// Starts `longhaul APP ARGS` in A on a new TAP bridged with the emulator's (see
+    /// [`Lab::bridge_a_with_tap`]), at 198.18.0.3/24; it stops when the [`super::Proc`] drops.
+    pub fn spawn_on_a(&mut self, app: &str, args: &[&str]) -> super::Proc {
+        let tap = format!("{}e", self.tap_a);
+        self.bridge_a_with_tap(&tap);
+        let port = format!("tap:{tap}");
+        let mut all = vec![app, "--port", &port, "--ip", "198.18.0.3/24"];
+        all.extend_from_slice(args);
+        super::spawn_in(&self.a, &all)
+    }
+
     /// Puts a bridge in A joining the emulator's TAP with a new multi-queue TAP `tap` for a
     /// longhaul instance in A (its address: 198.18.0.3/24); A's kernel address moves to the bridge.
     pub fn bridge_a_with_tap(&mut self, tap: &str) {
