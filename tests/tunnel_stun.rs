@@ -258,9 +258,13 @@ fn stat_shows_the_tunnel_connection_after_a_transfer() {
         .run(|| TcpStream::connect(SocketAddrV4::new(STACK_IP, TUNNEL_PORT)).expect("connect"));
     let mut t = serde_json::Value::Null;
     // The cores refresh the numbers every tick (100 ms).
+    // One open stream alone is also the moment the echo's stream is still open and the held
+    // connection's not yet: wait for both to have been counted.
     let settled = wait_for(Duration::from_secs(10), || {
         t = tunnel_stats(&ctl);
-        t["streams_open"] == 1 && t["bytes_down"] == LEN
+        t["streams_open"] == 1
+            && t["bytes_down"] == LEN
+            && t["connections"][0]["streams_total"] == 2
     });
     assert!(settled, "{t:#}");
     let n = |v: &serde_json::Value, k: &str| {
